@@ -1,0 +1,1 @@
+"""Inference: test-time augmentation, predictors and ensembles."""

@@ -1,0 +1,51 @@
+"""Rebuild a trained classifier from its own checkpoint (never from the repo's current config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from derm_exp.models.classifier import SkinLesionClassifier, build_model
+from derm_exp.training.checkpoint import CheckpointError, load_checkpoint
+
+
+@dataclass
+class LoadedModel:
+    """A network in eval mode with what is needed to feed it and read its output."""
+
+    model: SkinLesionClassifier
+    classes: list[str]
+    data_config: dict
+    temperature: float
+    config: dict
+    checkpoint_path: Path | None
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a ``checkpoint_best.pt``/``checkpoint_latest.pt`` written by derm_exp.
+
+    The architecture, class list, preprocessing (``data_config``) and temperature all come from
+    the checkpoint. Loading uses ``torch.load(weights_only=True)``.
+    """
+    ck = load_checkpoint(path)
+    missing = [k for k in ("config", "classes", "data_config", "model") if k not in ck]
+    if missing:
+        raise CheckpointError(f"{path} is not a derm_exp checkpoint (missing {', '.join(missing)})")
+    model_cfg = OmegaConf.create(ck["config"]["model"])
+    # The checkpoint holds every weight: never fetch or read pretrained weights again.
+    model_cfg.pretrained, model_cfg.pretrained_file = False, None
+    image_size = ck["data_config"]["input_size"][-1]
+    model = build_model(model_cfg, num_classes=len(ck["classes"]), image_size=image_size)
+    model.load_state_dict(ck["model"])
+    model.to(device).eval()
+    return LoadedModel(
+        model=model,
+        classes=list(ck["classes"]),
+        data_config=dict(ck["data_config"]),
+        temperature=float(ck.get("temperature", 1.0)),
+        config=ck["config"],
+        checkpoint_path=Path(path),
+    )

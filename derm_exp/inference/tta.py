@@ -1,0 +1,122 @@
+"""Test-time augmentation: named views applied to a normalised image batch, and aggregation.
+
+The views of the ``tta`` config group are defined here once; evaluation and the predictor both
+use them. Views operate on tensors (B, C, H, W) so all views of a batch run as one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import InterpolationMode
+
+
+def _rotate(deg: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    return lambda x: TF.rotate(x, deg, interpolation=InterpolationMode.BILINEAR)
+
+
+# The 8 symmetries of the square (dihedral group D4) are exact pixel permutations.
+VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda x: x,
+    "hflip": lambda x: x.flip(-1),
+    "vflip": lambda x: x.flip(-2),
+    "rot180": lambda x: x.flip(-1).flip(-2),
+    "rot90": lambda x: x.rot90(1, (-2, -1)),
+    "rot270": lambda x: x.rot90(3, (-2, -1)),
+    "transpose": lambda x: x.transpose(-2, -1),
+    "transverse": lambda x: x.rot90(2, (-2, -1)).transpose(-2, -1),
+    "rotate_p15": _rotate(15.0),
+    "rotate_m15": _rotate(-15.0),
+}
+AGGREGATIONS = ("mean", "geometric_mean", "max")
+
+
+def check_views(views: Sequence[str]) -> list[str]:
+    """Validate view names, keeping their order."""
+    unknown = [v for v in views if v not in VIEWS]
+    if unknown:
+        raise ValueError(f"unknown TTA view(s) {unknown}; valid: {', '.join(VIEWS)}")
+    return list(views)
+
+
+def expand_views(x: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
+    """Stack the views of batch ``x`` (B,C,H,W) into one batch (V*B,C,H,W), view-major."""
+    if x.shape[-1] != x.shape[-2] and any(
+        v in {"rot90", "rot270", "transpose", "transverse"} for v in views
+    ):
+        raise ValueError("90-degree TTA views need square inputs")
+    return torch.cat([VIEWS[v](x) for v in check_views(views)], dim=0)
+
+
+def aggregate(probs: torch.Tensor, aggregation: str = "mean") -> torch.Tensor:
+    """Combine per-view probabilities (V, B, C) into a normalised (B, C) distribution."""
+    if aggregation == "mean":
+        out = probs.mean(0)
+    elif aggregation == "geometric_mean":
+        out = probs.clamp_min(1e-12).log().mean(0).exp()
+    elif aggregation == "max":
+        out = probs.amax(0)
+    else:
+        raise ValueError(f"aggregation={aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
+    return out / out.sum(-1, keepdim=True)
+
+
+@dataclass(frozen=True)
+class TTAPreset:
+    """One option of the ``tta`` config group: view names and how to aggregate them."""
+
+    mode: str
+    views: tuple[str, ...]
+    aggregation: str
+
+
+def tta_modes() -> list[str]:
+    """The options of the ``tta`` config group (``conf/tta/*.yaml``)."""
+    from derm_exp.config import CONF_DIR
+
+    return sorted(p.stem for p in (CONF_DIR / "tta").glob("*.yaml"))
+
+
+def load_tta_preset(mode: str) -> TTAPreset:
+    """Read ``conf/tta/<mode>.yaml``: presets are defined once, in the config group."""
+    from omegaconf import OmegaConf
+
+    from derm_exp.config import CONF_DIR
+
+    path = CONF_DIR / "tta" / f"{mode}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown TTA mode {mode!r}; choose one of {', '.join(tta_modes())}")
+    return preset_from_config(OmegaConf.load(path), mode)
+
+
+def preset_from_config(cfg: Any, mode: str | None = None) -> TTAPreset:
+    """A :class:`TTAPreset` from a composed ``tta`` node (validated)."""
+    aggregation = str(cfg.get("aggregation", "mean"))
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(
+            f"tta.aggregation={aggregation!r}: choose one of {', '.join(AGGREGATIONS)}"
+        )
+    return TTAPreset(
+        mode=str(mode or cfg.get("mode", "custom")),
+        views=tuple(check_views(list(cfg.get("views") or ["identity"]))),
+        aggregation=aggregation,
+    )
+
+
+def views_to_probabilities(
+    logits: np.ndarray | torch.Tensor, temperature: float = 1.0, aggregation: str = "mean"
+) -> np.ndarray:
+    """Softmax of (N, C) or per-view (V, N, C) logits at ``temperature``, views aggregated.
+
+    The temperature divides each view's logits before the softmax, as when it was fitted.
+    """
+    t = torch.as_tensor(logits, dtype=torch.float32) / float(temperature)
+    probs = torch.softmax(t, -1)
+    if probs.ndim == 3:
+        probs = aggregate(probs, aggregation)
+    return probs.numpy()

@@ -1,0 +1,1 @@
+"""MLflow tracking: runs, params, metrics, artifacts and the model registry."""

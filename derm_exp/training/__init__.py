@@ -1,0 +1,1 @@
+"""Training: losses, mixup/cutmix, schedulers, checkpoints and the train/eval loop."""

@@ -1,0 +1,139 @@
+"""One training epoch and batched prediction: the inner loops, free of tracking and config."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from derm_exp.training.runtime import Precision
+from derm_exp.training.schedulers import BatchScheduler
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf."""
+
+
+@dataclass
+class StepContext:
+    """What the training step needs besides model, data and optimizer."""
+
+    device: torch.device
+    precision: Precision
+    channels_last: bool = True
+    grad_clip_norm: float | None = None
+    log_every_n_steps: int = 20
+
+
+def _to_device(x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    x = x.to(ctx.device, non_blocking=True)
+    if ctx.channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: BatchScheduler,
+    ctx: StepContext,
+    *,
+    first_update: int,
+    epoch: int,
+    scaler: torch.amp.GradScaler | None = None,
+    mixup: Callable | None = None,
+    ema: nn.Module | None = None,
+    desc: str = "train",
+) -> dict[str, float]:
+    """Train for one pass over ``loader``; returns mean loss and accuracy.
+
+    Losses and correct counts accumulate on the device; the host syncs only every
+    ``log_every_n_steps`` batches (progress bar) and at the end.
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=ctx.device)
+    correct = torch.zeros((), device=ctx.device)
+    seen = 0
+    update = first_update
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+    for step, (images, targets) in enumerate(bar):
+        images, targets = _to_device(images, ctx), targets.to(ctx.device, non_blocking=True)
+        hard = targets
+        if mixup is not None and images.shape[0] % 2 == 0:
+            images, targets = mixup(images, targets)
+        scheduler.step(update)
+        with ctx.precision.autocast(ctx.device):
+            logits = model(images)
+            loss = criterion(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if ctx.grad_clip_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if ema is not None:
+            ema.update(model, step=update)
+        update += 1
+        batch = images.shape[0]
+        seen += batch
+        loss_sum += loss.detach() * batch
+        correct += (logits.detach().argmax(1) == hard).sum()
+        if (step + 1) % ctx.log_every_n_steps == 0:
+            mean_loss = (loss_sum / seen).item()
+            if not math.isfinite(mean_loss):
+                raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, step {step}")
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    if seen == 0:
+        raise RuntimeError("the training loader produced no batch (is the training split empty?)")
+    mean_loss = (loss_sum / seen).item()
+    if not math.isfinite(mean_loss):
+        raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}")
+    return {"loss": mean_loss, "accuracy": (correct / seen).item()}
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    loader: torch.utils.data.DataLoader,
+    ctx: StepContext,
+    *,
+    views: list[str] | None = None,
+    desc: str = "predict",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logits (N, C) and labels (N,) for ``loader``.
+
+    With TTA ``views``, every view of a batch goes through the network as one batch and the
+    returned array is (V, N, C) of per-view logits.
+    """
+    from derm_exp.inference.tta import expand_views
+
+    model.eval()
+    outs, labels = [], []
+    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+        images = _to_device(images, ctx)
+        if views and views != ["identity"]:
+            images = expand_views(images, views)
+        with ctx.precision.autocast(ctx.device):
+            logits = model(images).float()
+        if views and views != ["identity"]:
+            logits = logits.reshape(len(views), -1, logits.shape[-1])
+        outs.append(logits.cpu())
+        labels.append(targets)
+    if not outs:
+        raise RuntimeError("the evaluation loader produced no batch")
+    cat_dim = 1 if views and views != ["identity"] else 0
+    return torch.cat(outs, cat_dim).numpy(), torch.cat(labels).numpy()

@@ -1,0 +1,391 @@
+"""The training run: data -> model -> epochs -> selection -> final evaluation, tracked in MLflow.
+
+Read top to bottom: :func:`fit` sets up, then loops over epochs; helpers below it each do one
+step. Plain function of a config, so tests call it without Hydra.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from timm.utils import ModelEmaV3
+
+from derm_exp.data.metadata import CLASSES
+from derm_exp.data.sampling import class_weights
+from derm_exp.data.splits import save_splits
+from derm_exp.evaluation.metrics import classification_metrics, scalar_metrics
+from derm_exp.models.classifier import build_model
+from derm_exp.tracking.mlflow_run import loggable_params, run_url_hint, setup_experiment
+from derm_exp.training import resume as resume_mod
+from derm_exp.training.checkpoint import rng_state, save_checkpoint, set_rng_state
+from derm_exp.training.data_setup import Loaders, build_loaders, data_fingerprint, split_frame
+from derm_exp.training.final_report import final_report
+from derm_exp.training.hooks import TrialPruned, run_epoch_end_hooks
+from derm_exp.training.loop import StepContext, predict_logits, train_one_epoch
+from derm_exp.training.losses import build_criterion
+from derm_exp.training.mixing import build_mixup
+from derm_exp.training.runtime import resolve_device, resolve_precision, seed_everything
+from derm_exp.training.schedulers import BatchScheduler, build_scheduler
+from derm_exp.training.selection import Score, is_better
+from derm_exp.training.validate import validate_config
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "derm_exp.checkpoint/1"
+
+
+@dataclass
+class RunState:
+    """Everything that changes from epoch to epoch (and is restored on resume)."""
+
+    epoch: int = 0  # next epoch to run (0-based)
+    best: Score | None = None
+    stale_epochs: int = 0
+    elapsed: float = 0.0
+    history: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+
+
+def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None) -> float:
+    """Train as configured, log to MLflow, and return the best validation ``cfg.objective``."""
+    output_dir = Path(output_dir)
+    resumed = resume_mod.load_for_resume(cfg, overrides or []) if cfg.resume else None
+    if resumed is not None:
+        cfg = resumed.config
+    validate_config(cfg)
+    seed_everything(int(cfg.seed), bool(cfg.deterministic))
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.trainer.amp, device)
+    experiment_id = setup_experiment(
+        cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_root
+    )
+
+    frame = split_frame(cfg.data)
+    fingerprint = data_fingerprint(frame)
+    if resumed is not None and resumed.checkpoint["data_fingerprint"] != fingerprint:
+        raise resume_mod.ResumeError(
+            "the data or split settings changed since the run started (fingerprint "
+            f"{resumed.checkpoint['data_fingerprint']} -> {fingerprint}); resume needs the same "
+            "data"
+        )
+    split_paths = save_splits(frame, output_dir / "splits")
+
+    model = build_model(cfg.model, num_classes=len(CLASSES), image_size=cfg.data.image_size)
+    data_config = model.data_config
+    mixup = build_mixup(cfg.augment, len(CLASSES))
+    loaders = build_loaders(frame, cfg.data, cfg.augment, data_config, device)
+    weights = None
+    if cfg.loss.class_weights == "inverse_frequency":
+        weights = class_weights(
+            loaders.train_labels,
+            len(CLASSES),
+            cfg.loss.class_weight_power,
+            cfg.loss.class_weight_clamp,
+        )
+    elif cfg.loss.class_weights is not None:
+        raise ValueError(
+            f"loss.class_weights={cfg.loss.class_weights!r}: choose null or inverse_frequency"
+        )
+    criterion = build_criterion(cfg.loss, None if weights is None else weights.to(device))
+
+    model.to(device)
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.trainer.ema.enabled:
+        ema = ModelEmaV3(model, decay=cfg.trainer.ema.decay, use_warmup=cfg.trainer.ema.warmup)
+    ctx = StepContext(
+        device=device,
+        precision=precision,
+        channels_last=bool(cfg.trainer.channels_last),
+        grad_clip_norm=cfg.trainer.grad_clip_norm,
+        log_every_n_steps=int(cfg.trainer.log_every_n_steps),
+    )
+    scaler = torch.amp.GradScaler(device.type) if precision.use_scaler else None
+    state = RunState()
+    if resumed is not None:
+        ck = resumed.checkpoint
+        model.load_state_dict(ck["model"])
+        if ema is not None and ck.get("ema") is not None:
+            ema.load_state_dict(ck["ema"])
+        if scaler is not None and ck.get("scaler"):
+            scaler.load_state_dict(ck["scaler"])
+        state.epoch = ck["epoch"] + 1
+        state.best = Score(**ck["best"]) if ck.get("best") else None
+        state.stale_epochs = ck["stale_epochs"]
+        state.elapsed = ck["elapsed"]
+        state.history = defaultdict(list, {k: list(v) for k, v in ck["history"].items()})
+
+    paths = {
+        "latest": output_dir / "checkpoint_latest.pt",
+        "best": output_dir / "checkpoint_best.pt",
+    }
+    if resumed is not None and resumed.best_path is not None:
+        # keep the best weights found before the interruption
+        paths["best"].write_bytes(Path(resumed.best_path).read_bytes())
+    base = {
+        "format": CHECKPOINT_FORMAT,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "classes": list(CLASSES),
+        "data_config": data_config,
+        "data_fingerprint": fingerprint,
+    }
+
+    run_kwargs: dict[str, Any] = {"experiment_id": experiment_id}
+    if resumed is not None:
+        run_kwargs = {"run_id": resumed.run_id}
+    else:
+        run_kwargs["run_name"] = cfg.run_name
+    run = mlflow.start_run(**run_kwargs)
+    status = "FAILED"
+    try:
+        run_id = run.info.run_id
+        base["run_id"] = run_id
+        mlflow.set_tags(_run_tags(cfg, fingerprint, output_dir))
+        if resumed is None:
+            mlflow.log_params(loggable_params(base["config"]))
+            mlflow.log_dict(base["config"], "config/resolved_config.json")
+            for p in split_paths:
+                mlflow.log_artifact(str(p), "splits")
+        else:
+            mlflow.set_tag("derm_exp.resumed_at_epoch", state.epoch)
+        log.info("MLflow run %s  (%s)", run_id, run_url_hint(run_id))
+
+        _train_epochs(
+            cfg, model, ema, loaders, criterion, mixup, ctx, scaler, state, base, paths, resumed
+        )
+        mlflow.log_artifact(str(paths["latest"]), "checkpoints")
+        result = final_report(cfg, model, paths["best"], loaders, ctx, state.history)
+        mlflow.log_artifact(str(paths["best"]), "checkpoints")
+        status = "FINISHED"
+        print(f"\nMLflow run id: {run_id}\n  {run_url_hint(run_id)}  (start the UI with `make ui`)")
+        print(
+            f"  best {cfg.trainer.monitor} = {state.best.value:.4f} "
+            f"(epoch {state.best.epoch + 1}, {state.best.weights} weights); "
+            f"test balanced accuracy = {result['balanced_accuracy']:.4f}"
+        )
+        best_row = state.history["epoch"].index(float(state.best.epoch + 1))
+        return float(state.history[cfg.objective][best_row])
+    except TrialPruned:
+        status = "KILLED"
+        mlflow.set_tag("derm_exp.pruned", "true")
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        if paths["latest"].is_file():
+            mlflow.log_artifact(str(paths["latest"]), "checkpoints")
+        log.warning(
+            "interrupted: latest checkpoint %s; continue with resume=%s",
+            paths["latest"],
+            run.info.run_id,
+        )
+        raise
+    finally:
+        mlflow.end_run(status=status)
+
+
+def _run_tags(cfg: DictConfig, fingerprint: str, output_dir: Path) -> dict[str, Any]:
+    tags = {
+        "backbone": cfg.model.name,
+        "head": cfg.model.head._target_.rsplit(".", 1)[-1],
+        "loss": cfg.loss.criterion._target_.rsplit(".", 1)[-1],
+        "augment": cfg.augment.name,
+        "seed": cfg.seed,
+        "data_fingerprint": fingerprint,
+        "derm_exp.checkpoint_dir": str(output_dir.resolve()),
+        "mlflow.note.content": "Research/education only: not a medical device.",
+    }
+    tags.update(OmegaConf.to_container(cfg.tracking.tags, resolve=True))
+    return tags
+
+
+def _make_optimizer(
+    cfg: DictConfig, model: torch.nn.Module, stage: int, epochs: int, steps: int
+) -> tuple[torch.optim.Optimizer, BatchScheduler]:
+    """Stage 1 trains the head of a frozen backbone; stage 2 (or a one-stage run) trains all."""
+    frozen = stage == 1
+    model.freeze_backbone(frozen)
+    params = [p for p in model.parameters() if p.requires_grad]
+    overrides = {}
+    if stage == 2 and cfg.trainer.freeze_backbone_epochs and cfg.trainer.finetune_lr is not None:
+        overrides["lr"] = cfg.trainer.finetune_lr
+    optimizer = instantiate(cfg.optimizer, **overrides)(params)
+    return optimizer, build_scheduler(cfg.scheduler, optimizer, epochs, steps)
+
+
+def _train_epochs(
+    cfg,
+    model,
+    ema,
+    loaders: Loaders,
+    criterion,
+    mixup,
+    ctx,
+    scaler,
+    state: RunState,
+    base: dict,
+    paths: dict,
+    resumed,
+) -> None:
+    trainer = cfg.trainer
+    max_epochs = int(trainer.max_epochs)
+    freeze = int(trainer.freeze_backbone_epochs)
+    steps = len(loaders.train)
+    stage_of = (lambda e: 1 if e < freeze else 2) if freeze else (lambda e: 2)
+    optimizer = scheduler = None
+    current_stage = None
+    budget = trainer.max_time_minutes * 60 if trainer.max_time_minutes else None
+    if resumed is not None:
+        set_rng_state(resumed.checkpoint["rng"])
+    for epoch in range(state.epoch, max_epochs):
+        started = time.monotonic()
+        stage = stage_of(epoch)
+        stage_start, stage_end = (0, freeze) if stage == 1 else (freeze, max_epochs)
+        if stage != current_stage:
+            optimizer, scheduler = _make_optimizer(
+                cfg, model, stage, stage_end - stage_start, steps
+            )
+            ck = resumed.checkpoint if resumed is not None else None
+            if ck is not None and ck["stage"] == stage and epoch == state.epoch:
+                optimizer.load_state_dict(ck["optimizer"])
+                scheduler.load_state_dict(ck["scheduler"])
+            current_stage = stage
+        # Reseed per epoch: an epoch's order and augmentation do not depend on earlier epochs.
+        loaders.generator.manual_seed(int(cfg.seed) * 100_003 + epoch)
+        torch.manual_seed(int(cfg.seed) * 7_919 + epoch)
+        train = train_one_epoch(
+            model,
+            loaders.train,
+            criterion,
+            optimizer,
+            scheduler,
+            ctx,
+            first_update=(epoch - stage_start) * steps,
+            epoch=epoch + 1,
+            scaler=scaler,
+            mixup=mixup,
+            ema=ema,
+            desc=f"epoch {epoch + 1}/{max_epochs}",
+        )
+        chosen, metrics = _validate(cfg, model, ema, loaders, ctx, epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        row = {
+            "train/loss": train["loss"],
+            "train/accuracy": train["accuracy"],
+            "lr": lr,
+            **metrics,
+        }
+        mlflow.log_metrics(row, step=epoch + 1)
+        for k, v in row.items():
+            state.history[k].append(float(v))
+        state.history["epoch"].append(float(epoch + 1))
+        improved = is_better(chosen, state.best, trainer.monitor_mode)
+        if improved:
+            state.best, state.stale_epochs = chosen, 0
+            weights = ema.module if chosen.weights == "ema" else model
+            save_checkpoint(
+                {
+                    **base,
+                    "model": weights.state_dict(),
+                    "weights": chosen.weights,
+                    "epoch": epoch,
+                    "best": chosen.as_dict(),
+                },
+                paths["best"],
+            )
+        else:
+            state.stale_epochs += 1
+        state.epoch = epoch + 1
+        state.elapsed += time.monotonic() - started
+        save_checkpoint(
+            {
+                **base,
+                "model": model.state_dict(),
+                "ema": ema.state_dict() if ema else None,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler else None,
+                "stage": stage,
+                "epoch": epoch,
+                "best": state.best.as_dict(),
+                "stale_epochs": state.stale_epochs,
+                "elapsed": state.elapsed,
+                "history": dict(state.history),
+                "rng": rng_state(),
+            },
+            paths["latest"],
+        )
+        log.info(
+            "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f bal.acc %.3f macro-F1 %.3f "
+            "AUC %s [%s]%s  %.0fs",
+            epoch + 1,
+            max_epochs,
+            train["loss"],
+            train["accuracy"],
+            metrics["val/loss"],
+            metrics["val/balanced_accuracy"],
+            metrics["val/macro_f1"],
+            f"{metrics['val/macro_auc']:.3f}" if "val/macro_auc" in metrics else "n/a",
+            chosen.weights,
+            "  *best*" if improved else "",
+            time.monotonic() - started,
+        )
+        run_epoch_end_hooks(epoch + 1, row)
+        if state.stale_epochs >= int(trainer.early_stopping_patience):
+            log.info(
+                "early stopping: %s has not improved for %d epochs",
+                trainer.monitor,
+                state.stale_epochs,
+            )
+            break
+        if budget is not None and state.elapsed + state.elapsed / state.epoch > budget:
+            log.info("time budget of %.1f min reached after epoch %d", budget / 60, epoch + 1)
+            mlflow.set_tag("derm_exp.stopped_by", "time_budget")
+            break
+
+
+def _validate(cfg, model, ema, loaders: Loaders, ctx, epoch: int) -> tuple[Score, dict]:
+    """Score raw (and EMA) weights on the validation split; return the better and its metrics."""
+    candidates = {"raw": model}
+    if ema is not None:
+        candidates["ema"] = ema.module
+    results: dict[str, tuple[Score, dict]] = {}
+    for name, net in candidates.items():
+        logits, labels = predict_logits(net, loaders.val, ctx, desc=f"val ({name})")
+        probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
+        flat = scalar_metrics(classification_metrics(labels, probs, CLASSES))
+        flat["loss"] = flat["nll"]
+        metrics = {f"val/{k}": v for k, v in flat.items()}
+        value = metrics.get(cfg.trainer.monitor)
+        if value is None:
+            raise ValueError(
+                f"trainer.monitor={cfg.trainer.monitor!r} is not a validation metric; choose one "
+                f"of {', '.join(sorted(metrics))}"
+            )
+        results[name] = (Score(value, flat["loss"], name, epoch), metrics)
+    chosen_name = "raw"
+    if "ema" in results and is_better(
+        results["ema"][0], results["raw"][0], cfg.trainer.monitor_mode
+    ):
+        chosen_name = "ema"
+    chosen, metrics = results[chosen_name]
+    if len(results) > 1:
+        other = "ema" if chosen_name == "raw" else "raw"
+        metrics = {
+            **metrics,
+            **{
+                f"val_{other}/{k[4:]}": v
+                for k, v in results[other][1].items()
+                if k in ("val/balanced_accuracy", "val/loss")
+            },
+        }
+        metrics[f"val_{chosen_name}/balanced_accuracy"] = metrics["val/balanced_accuracy"]
+        metrics["val/uses_ema"] = float(chosen_name == "ema")
+    return chosen, metrics

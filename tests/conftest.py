@@ -1,0 +1,54 @@
+"""Shared fixtures: composed tiny configs and a generated dataset, all under tmp dirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from derm_exp.config import CONF_DIR, normalize_overrides  # noqa: E402
+
+
+def compose_train(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with overrides (dotted group form accepted)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=normalize_overrides(overrides or []))
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small generated HAM10000-format dataset shared by the session's tests."""
+    from derm_exp.data.synthetic import generate_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo_data")
+    generate_demo_dataset(root, n_images=240, seed=3, size=(64, 48))
+    return root
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path, demo_data: Path) -> DictConfig:
+    """A 2-epoch, 32 px, CPU training config logging to a tmp MLflow store."""
+    cfg = compose_train(
+        [
+            "model=tiny",
+            "data.image_size=32",
+            "data.batch_size=16",
+            "data.eval_batch_size=64",
+            "data.num_workers=0",
+            "trainer.max_epochs=2",
+            "trainer.log_every_n_steps=2",
+            "device=cpu",
+            "tta=light",
+        ]
+    )
+    with open_dict(cfg):
+        cfg.data.root = str(demo_data)
+        cfg.tracking.uri = f"sqlite:///{tmp_path}/mlflow.db"
+        cfg.tracking.artifact_root = str(tmp_path / "mlruns")
+    return cfg
