@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,12 +14,16 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from derm_exp.data.dataset import LesionDataset
+from derm_exp.config import PROJECT_ROOT
+from derm_exp.data.cache import cache_spec_for, open_image_cache
+from derm_exp.data.dataset import BatchTransform, LesionDataset, split_batch_transform
 from derm_exp.data.metadata import CLASSES, load_metadata
 from derm_exp.data.sampling import make_weighted_sampler
 from derm_exp.data.splits import split_dataset
 from derm_exp.data.synthetic import resolve_data_root
 from derm_exp.data.transforms import build_eval_transform, build_train_transform
+
+log = logging.getLogger(__name__)
 
 
 def split_frame(data_cfg: DictConfig) -> pd.DataFrame:
@@ -34,11 +41,79 @@ def data_fingerprint(frame: pd.DataFrame) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def make_dataset(
+    part: pd.DataFrame, transform: Any, data_cfg: DictConfig, cache: bool | None = None
+) -> tuple[LesionDataset, BatchTransform | None]:
+    """Dataset over ``part`` and the batch transform that finishes its batches.
+
+    The transform is split before its float conversion: the dataset (in the workers) yields
+    uint8 images and the float/normalise part runs once per batch (see :class:`DeviceBatches`).
+    With ``data.cache`` (or ``cache=True``) images are read from the decoded-image cache (built
+    on first use, see :mod:`derm_exp.data.cache`).
+    """
+    per_image, batch_tf = split_batch_transform(transform)
+    use_cache = bool(data_cfg.get("cache", True)) if cache is None else cache
+    images = None
+    spec = cache_spec_for(per_image, float(data_cfg.get("cache_scale", 1.15)))
+    if use_cache and spec is not None and len(part):
+        cache_dir = data_cfg.get("cache_dir") or str(PROJECT_ROOT / "data" / "cache")
+        try:
+            images = open_image_cache(
+                list(part["path"]),
+                spec,
+                cache_dir,
+                key=str(data_cfg.get("cache_key", "content")),
+                num_workers=int(data_cfg.num_workers),
+            )
+        except OSError as e:  # read-only or full disk: train from the files instead
+            log.warning(
+                "image cache disabled (%s); set data.cache_dir to a writable folder or "
+                "data.cache=false",
+                e,
+            )
+    return LesionDataset(part, per_image, data_cfg.on_bad_image, images=images), batch_tf
+
+
+class DeviceBatches:
+    """A DataLoader of uint8 batches, moved to ``device`` and finished there by ``finish``.
+
+    Workers hand over 4x fewer bytes (uint8, pinned on CUDA) and the float conversion and
+    normalisation run once per batch on the device (on a GPU, nearly free). Behaves like the
+    wrapped DataLoader otherwise (``len``, ``dataset``, ``batch_size``, ...).
+    """
+
+    def __init__(
+        self, loader: DataLoader, finish: BatchTransform | None, device: torch.device
+    ) -> None:
+        self.loader, self.finish, self.device = loader, finish, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in self.loader:
+            if self.finish is not None:
+                images = self.finish.apply(images.to(self.device, non_blocking=True))
+            yield images, labels
+
+
+def make_loader(
+    dataset: LesionDataset, finish: BatchTransform | None, device: torch.device, **kwargs: Any
+) -> DeviceBatches:
+    """``DataLoader(dataset, **kwargs)`` of uint8 batches, finished on ``device``."""
+    return DeviceBatches(DataLoader(dataset, **kwargs), finish, device)
+
+
 @dataclass
 class Loaders:
-    train: DataLoader
-    val: DataLoader
-    test: DataLoader
+    train: DeviceBatches
+    val: DeviceBatches
+    test: DeviceBatches
     train_labels: np.ndarray
     generator: torch.Generator
 
@@ -66,8 +141,8 @@ def build_loaders(
     parts = {s: frame[frame["split"] == s].reset_index(drop=True) for s in ("train", "val", "test")}
     train_labels = parts["train"]["label"].to_numpy()
     generator = torch.Generator()
-    train_set = LesionDataset(
-        parts["train"], build_train_transform(augment_cfg, data_config), data_cfg.on_bad_image
+    train_set, train_finish = make_dataset(
+        parts["train"], build_train_transform(augment_cfg, data_config), data_cfg
     )
     sampler = None
     if data_cfg.sampler == "weighted":
@@ -76,8 +151,10 @@ def build_loaders(
     elif data_cfg.sampler != "none":
         raise ValueError(f"data.sampler={data_cfg.sampler!r}: choose none or weighted")
     batch = int(data_cfg.batch_size)
-    train = DataLoader(
+    train = make_loader(
         train_set,
+        train_finish,
+        device,
         batch_size=batch,
         shuffle=sampler is None,
         sampler=sampler,
@@ -87,8 +164,10 @@ def build_loaders(
     )
     eval_tf = build_eval_transform(data_config)
 
-    def ordered(split: str) -> DataLoader:
-        ds = LesionDataset(parts[split], eval_tf, data_cfg.on_bad_image)
-        return DataLoader(ds, batch_size=int(data_cfg.eval_batch_size), shuffle=False, **common)
+    def ordered(split: str) -> DeviceBatches:
+        ds, finish = make_dataset(parts[split], eval_tf, data_cfg)
+        return make_loader(
+            ds, finish, device, batch_size=int(data_cfg.eval_batch_size), shuffle=False, **common
+        )
 
     return Loaders(train, ordered("val"), ordered("test"), train_labels, generator)

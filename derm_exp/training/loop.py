@@ -16,7 +16,18 @@ from derm_exp.training.schedulers import BatchScheduler
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf."""
+    """The loss (or the weights) became NaN/inf."""
+
+
+def check_finite_weights(model: nn.Module, epoch: int) -> None:
+    """Raise :class:`NonFiniteLossError` when any parameter or buffer is NaN/inf.
+
+    Run after each epoch, before validation and checkpointing: a last step can leave non-finite
+    weights behind a finite loss, and those must never be scored or saved.
+    """
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise NonFiniteLossError(f"non-finite weights ({name}) after epoch {epoch}")
 
 
 @dataclass
@@ -86,7 +97,7 @@ def train_one_epoch(
         else:
             optimizer.step()
         if ema is not None:
-            ema.update(model, step=update)
+            ema.update(getattr(model, "_orig_mod", model), step=update)  # torch.compile
         update += 1
         batch = images.shape[0]
         seen += batch
