@@ -1,38 +1,48 @@
-"""After the last epoch: reload the best weights, calibrate on validation, evaluate on test."""
+"""After the last epoch: reload the best weights, calibrate on validation, evaluate on test.
+
+The report itself (metrics, lesion-level bootstrap CIs, JSON, figures) is
+:mod:`derm_exp.evaluation.report`, shared with ``python -m derm_exp.evaluate``. Logged to the
+training run: ``test/*`` metrics (with ``*_ci_low``/``*_ci_high`` and ``*_calibrated``),
+``temperature``, ``evaluation/test_metrics.json`` and ``plots/*.png`` (+ training curves).
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import matplotlib
+import mlflow
+import numpy as np
+import torch
+from omegaconf import DictConfig
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import mlflow  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from derm_exp.data.metadata import CLASSES  # noqa: E402
-from derm_exp.evaluation import plots  # noqa: E402
-from derm_exp.evaluation.calibration import fit_temperature  # noqa: E402
-from derm_exp.evaluation.metrics import classification_metrics, scalar_metrics  # noqa: E402
-from derm_exp.inference.tta import aggregate, check_views  # noqa: E402
-from derm_exp.training.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from derm_exp.training.data_setup import Loaders  # noqa: E402
-from derm_exp.training.loop import StepContext, predict_logits  # noqa: E402
-from derm_exp.training.selection import warn_if_degenerate  # noqa: E402
+from derm_exp.data.metadata import CLASSES
+from derm_exp.data.splits import load_split_csv
+from derm_exp.evaluation import plots
+from derm_exp.evaluation.calibration import fit_temperature
+from derm_exp.evaluation.report import evaluate_predictions, log_evaluation
+from derm_exp.inference.tta import check_views, views_to_probabilities
+from derm_exp.training.checkpoint import load_checkpoint, save_checkpoint
+from derm_exp.training.data_setup import Loaders
+from derm_exp.training.loop import StepContext, predict_logits
+from derm_exp.training.selection import warn_if_degenerate
 
 log = logging.getLogger(__name__)
 
 
 def tta_probabilities(logits: np.ndarray, temperature: float, aggregation: str) -> np.ndarray:
     """Softmax of (V, N, C) or (N, C) logits at ``temperature``, views aggregated."""
-    t = torch.from_numpy(logits) / temperature
-    if t.ndim == 2:
-        return torch.softmax(t, -1).numpy()
-    return aggregate(torch.softmax(t, -1), aggregation).numpy()
+    return views_to_probabilities(logits, temperature, aggregation)
+
+
+def _test_lesions(best_path: Path, n: int) -> list[str] | None:
+    """Lesion ids of the test images, from the split CSV the trainer saved beside the checkpoint
+    (same rows, same order as the test loader); None when unavailable."""
+    path = Path(best_path).parent / "splits" / "test.csv"
+    if not path.is_file():
+        return None
+    lesions = load_split_csv(path)["lesion_id"].astype(str).tolist()
+    return lesions if len(lesions) == n else None
 
 
 def final_report(
@@ -46,6 +56,7 @@ def final_report(
     """Evaluate the selected checkpoint on the test split and log metrics and plots to MLflow.
 
     The temperature is fitted on the validation split only and stored in the best checkpoint.
+    Bootstrap CIs resample test lesions (skipped when the saved split cannot be matched).
     """
     ck = load_checkpoint(best_path)
     model.load_state_dict(ck["model"])
@@ -59,51 +70,42 @@ def final_report(
     test_logits, test_labels = predict_logits(model, loaders.test, ctx, views=views, desc="test")
     probs = tta_probabilities(test_logits, 1.0, cfg.tta.aggregation)
     calibrated = tta_probabilities(test_logits, temperature, cfg.tta.aggregation)
-    result = classification_metrics(test_labels, probs, CLASSES)
-    after = classification_metrics(test_labels, calibrated, CLASSES)
-    flat = {f"test/{k}": v for k, v in scalar_metrics(result).items()}
-    flat.update(
-        {
-            "test/ece_calibrated": after["ece"],
-            "test/nll_calibrated": after["nll"],
-            "temperature": temperature,
-        }
+    lesions = _test_lesions(best_path, len(test_labels))
+    result = evaluate_predictions(
+        test_labels,
+        probs,
+        CLASSES,
+        lesions,
+        int(cfg.evaluation.n_boot) if lesions else 0,
+        int(cfg.seed),
+        calibrated_probs=calibrated,
     )
-    mlflow.log_metrics(flat)
-    mlflow.log_dict(
-        {
+    curves = plots.plot_training_curves({k: v for k, v in history.items() if k != "epoch"})
+    log_evaluation(
+        result,
+        probs,
+        test_labels,
+        CLASSES,
+        "test/",
+        calibrated_probs=calibrated,
+        json_name="evaluation/test_metrics.json",
+        json_payload={
             "test": result,
-            "test_calibrated": after,
+            "test_calibrated": result["calibrated"],
             "temperature": temperature,
             "tta": {"views": views, "aggregation": cfg.tta.aggregation},
             "selected": ck["best"],
         },
-        "evaluation/test_metrics.json",
+        extra_metrics={"temperature": temperature},
+        extra_figures={"training_curves": curves},
+        title="Test",
     )
-
-    figures = {
-        "training_curves": plots.plot_training_curves(
-            {k: v for k, v in history.items() if k != "epoch"}
-        ),
-        "confusion_matrix": plots.plot_confusion_matrix(
-            np.asarray(result["confusion_matrix"]),
-            CLASSES,
-            normalize=True,
-            title="Test confusion matrix (row-normalised)",
-        ),
-        "roc_curves": plots.plot_roc_curves(test_labels, probs, CLASSES),
-        "calibration": plots.plot_reliability(calibrated, test_labels),
-        "per_class": plots.plot_per_class_bars(result["per_class"], CLASSES),
-    }
-    for name, fig in figures.items():
-        mlflow.log_figure(fig, f"plots/{name}.png")
-        plt.close(fig)
     log.info(
         "test: balanced accuracy %.4f, macro-F1 %.4f, ECE %.4f -> %.4f (T=%.2f)",
         result["balanced_accuracy"],
         result["macro_f1"],
         result["ece"],
-        after["ece"],
+        result["calibrated"]["ece"],
         temperature,
     )
     return result

@@ -1,0 +1,394 @@
+"""Evaluate a trained model: ``python -m derm_exp.evaluate model=<ref> [key=value ...]``.
+
+Research and education only; not a medical device. Do not use for diagnosis.
+
+``model`` is a ``checkpoint_best.pt`` (or its training output folder), an MLflow run id or a
+registered model URI (``models:/NAME@alias``). The network, preprocessing and class list come
+from the checkpoint's own saved config, never from the repository's config files.
+
+Data: by default the split saved with the training run (``split=test``: the run's
+``splits/test.csv`` artifact, or ``splits/`` beside a local checkpoint); or every image of a
+HAM10000-format folder (``data.root=...``); or a split CSV (``split_csv=...``, absolute paths).
+
+Temperature scaling is never fitted on the evaluated data: ``temperature=auto`` uses the
+temperature stored in the checkpoint (fitted on the run's validation split at the end of
+training), or fits one now on the run's validation split when the checkpoint has none;
+``temperature=refit`` always fits on the run's validation split. Metrics are reported before
+(main) and after (``*_calibrated``) scaling.
+
+MLflow: every evaluation is a *separate* run in the training run's experiment (or
+``tracking.experiment_name`` when the source run is unknown), tagged
+``derm_exp.kind=evaluation`` and ``derm_exp.source_run=<training run id>``. It is not nested
+under the training run and never writes to it, so re-evaluations (other data, TTA, lesion level)
+cannot overwrite the training metrics. Its metrics are named ``eval/...`` (``eval_lesion/...``
+with ``lesion_level=true``) so that searches ranking training runs by ``val/``/``test/`` metrics
+never pick an evaluation run. ``tracking.enabled=false`` only writes the output folder.
+
+Outputs (Hydra run dir, also logged): ``evaluation_metrics.json``, ``plots/*.png`` and
+``predictions.csv`` (one row per evaluated sample with its probabilities).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from derm_exp.config import run_hydra_main
+
+log = logging.getLogger("derm_exp.evaluate")
+DISCLAIMER = "Research and education only; not a medical device. Do not use for diagnosis."
+
+
+def evaluation_frame(cfg: DictConfig, source: Any) -> tuple[Any, str]:
+    """The images to evaluate (image_id, lesion_id, dx, path, ...) and a description."""
+    from derm_exp.data.metadata import DataValidationError, load_metadata
+    from derm_exp.data.splits import SPLITS, load_split_csv
+
+    if cfg.split_csv is not None and cfg.data.root is not None:
+        raise DataValidationError("give either split_csv=... or data.root=..., not both")
+    if cfg.split_csv is not None:
+        frame, desc = load_split_csv(Path(cfg.split_csv).expanduser()), f"csv:{cfg.split_csv}"
+    elif cfg.data.root is not None:
+        root = Path(cfg.data.root).expanduser().resolve()
+        frame, desc = load_metadata(root, cfg.data.metadata_file), f"folder:{root}"
+    else:
+        if cfg.split not in SPLITS:
+            raise DataValidationError(f"split={cfg.split}: choose one of {', '.join(SPLITS)}")
+        frame, desc = load_split_csv(source.split_csv(cfg.split)), f"run split:{cfg.split}"
+    check_image_paths(frame, desc)
+    if not desc.startswith("run split"):
+        _warn_if_trained_on(frame, source)
+    return frame.reset_index(drop=True), desc
+
+
+def _warn_if_trained_on(frame: Any, source: Any) -> None:
+    """Warn when evaluated images were in the model's training or validation split."""
+    from derm_exp.data.splits import load_split_csv
+
+    for split in ("train", "val"):
+        try:
+            seen = set(load_split_csv(source.split_csv(split))["image_id"].astype(str))
+        except Exception:  # no saved split to compare with: nothing to warn about
+            continue
+        overlap = int(frame["image_id"].astype(str).isin(seen).sum())
+        if overlap:
+            log.warning(
+                "%d of the %d evaluated images were in the model's %s split: these "
+                "metrics are optimistic",
+                overlap,
+                len(frame),
+                split,
+            )
+
+
+def check_image_paths(frame: Any, desc: str) -> None:
+    """Fail clearly when the frame is empty or image files are missing."""
+    from derm_exp.data.metadata import DataValidationError
+
+    if frame.empty:
+        raise DataValidationError(f"no images to evaluate in {desc}")
+    missing = [p for p in frame["path"].astype(str) if not Path(p).is_file()]
+    if missing:
+        raise DataValidationError(
+            f"{len(missing)} of {len(frame)} images listed in {desc} do not exist (first: "
+            f"{missing[0]}). Split CSVs store absolute paths from the machine that trained the "
+            "model: evaluate the dataset folder with data.root=<HAM10000 folder>, or write a "
+            "split_csv=<file> whose 'path' column points at the images here"
+        )
+
+
+def class_indices(frame: Any, classes: list[str]) -> Any:
+    """Labels as indices into the *checkpoint's* class list."""
+    from derm_exp.data.metadata import DataValidationError
+
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(frame["dx"]) - set(index))
+    if unknown:
+        raise DataValidationError(
+            f"the data has classes {unknown} that the model does not know ({', '.join(classes)})"
+        )
+    return frame["dx"].map(index).to_numpy(dtype="int64")
+
+
+def _loader(frame: Any, labels: Any, loaded: Any, cfg: DictConfig) -> Any:
+    from torch.utils.data import DataLoader
+
+    from derm_exp.data.dataset import LesionDataset
+    from derm_exp.data.transforms import build_eval_transform
+
+    frame = frame.assign(label=labels)
+    # on_bad_image="error": skipping would silently change the evaluated set.
+    dataset = LesionDataset(frame, build_eval_transform(loaded.data_config), on_bad_image="error")
+    return DataLoader(
+        dataset,
+        batch_size=int(cfg.data.batch_size),
+        shuffle=False,
+        num_workers=int(cfg.data.num_workers),
+    )
+
+
+def resolve_temperature(cfg: DictConfig, source: Any, loaded: Any, ctx: Any) -> tuple[float, str]:
+    """(temperature, where it comes from): the checkpoint's, or fitted on the run's val split."""
+    from derm_exp.data.splits import load_split_csv
+    from derm_exp.evaluation.calibration import fit_temperature
+    from derm_exp.inference.sources import peek_checkpoint
+    from derm_exp.training.loop import predict_logits
+    from derm_exp.training.validate import ConfigError
+
+    mode = str(cfg.temperature)
+    if mode not in ("auto", "refit"):
+        raise ConfigError(f"temperature={mode}: choose auto or refit")
+    stored = peek_checkpoint(source.checkpoint).get("temperature")
+    if mode == "auto" and stored is not None:
+        return float(stored), "checkpoint (fitted on the training run's validation split)"
+    try:
+        val = load_split_csv(source.split_csv("val"))
+        check_image_paths(val, "the run's validation split")
+    except Exception as exc:
+        if mode == "refit":
+            raise
+        log.warning(
+            "no temperature in the checkpoint and no usable validation split (%s): "
+            "calibrated metrics use T=1",
+            exc,
+        )
+        return 1.0, "none (T=1: no stored temperature, no validation split)"
+    labels = class_indices(val, loaded.classes)
+    logits, y = predict_logits(
+        loaded.model, _loader(val, labels, loaded, cfg), ctx, desc="val (temperature)"
+    )
+    return fit_temperature(logits, y), "fitted now on the training run's validation split"
+
+
+def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Evaluate ``cfg.model_ref`` as configured; write and log the report; return it."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from derm_exp.errors import ModelSourceError
+    from derm_exp.evaluation.report import evaluate_predictions, lesion_level
+    from derm_exp.inference.loading import load_classifier
+    from derm_exp.inference.sources import resolve_source
+    from derm_exp.inference.tta import preset_from_config, views_to_probabilities
+    from derm_exp.tracking.mlflow_run import check_reachable
+    from derm_exp.training.loop import StepContext, predict_logits
+    from derm_exp.training.runtime import Precision, resolve_device
+    from derm_exp.training.validate import ConfigError
+
+    if cfg.model_ref is None:
+        raise ModelSourceError("no model given: pass model=<checkpoint, run id or models:/ URI>")
+    if cfg.tracking.enabled:  # fail fast, before the work, when the server is down
+        check_reachable(cfg.tracking.uri)
+    output_dir = Path(output_dir)
+    source = resolve_source(str(cfg.model_ref), cfg.tracking.uri)
+    device = resolve_device(cfg.device)
+    loaded = load_classifier(source.checkpoint, device)
+    loaded.model.to(memory_format=torch.channels_last)
+    # fp32 on every device, exactly like the predictor: the same image gives the same numbers.
+    ctx = StepContext(device=device, precision=Precision(None, False), channels_last=True)
+    try:
+        preset = preset_from_config(cfg.tta)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    frame, data_desc = evaluation_frame(cfg, source)
+    labels = class_indices(frame, loaded.classes)
+    temperature, t_source = resolve_temperature(cfg, source, loaded, ctx)
+
+    logits, y = predict_logits(
+        loaded.model,
+        _loader(frame, labels, loaded, cfg),
+        ctx,
+        views=list(preset.views),
+        desc="evaluate",
+    )
+    probs = views_to_probabilities(logits, 1.0, preset.aggregation)
+    calibrated = views_to_probabilities(logits, temperature, preset.aggregation)
+    ids = frame["image_id"].astype(str).to_numpy()
+    groups = frame["lesion_id"].astype(str).to_numpy() if "lesion_id" in frame else None
+    if cfg.lesion_level:
+        if groups is None:
+            raise ConfigError("lesion_level=true needs a lesion_id column in the data")
+        y, ids, (probs, calibrated) = lesion_level(y, groups, probs, calibrated)
+        groups = None  # one sample per lesion: the bootstrap resamples lesions
+    result = evaluate_predictions(
+        y,
+        probs,
+        loaded.classes,
+        groups,
+        int(cfg.bootstrap.n_boot),
+        int(cfg.bootstrap.seed),
+        alpha=float(cfg.bootstrap.alpha),
+        calibrated_probs=calibrated,
+        n_bins=int(cfg.n_bins),
+    )
+    if groups is None and cfg.lesion_level and "bootstrap" in result:
+        result["bootstrap"]["resampled"] = "lesions"
+    result.update(
+        {
+            "level": "lesion" if cfg.lesion_level else "image",
+            "temperature": {"value": temperature, "source": t_source},
+            "tta": {
+                "mode": preset.mode,
+                "views": list(preset.views),
+                "aggregation": preset.aggregation,
+            },
+            "model": {
+                "ref": str(cfg.model_ref),
+                "kind": source.kind,
+                "run_id": source.run_id,
+                "model_version": source.model_version,
+                "checkpoint": str(source.checkpoint),
+                "backbone": loaded.config.get("model", {}).get("name"),
+            },
+            "data": data_desc,
+            "disclaimer": DISCLAIMER,
+        }
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    key = "lesion_id" if cfg.lesion_level else "image_id"
+    table = pd.DataFrame({key: ids})
+    if not cfg.lesion_level and groups is not None:
+        table["lesion_id"] = groups
+    table["label"] = [loaded.classes[i] for i in y]
+    table["predicted"] = [loaded.classes[i] for i in np.argmax(probs, 1)]
+    for i, c in enumerate(loaded.classes):
+        table[f"prob_{c}"] = probs[:, i]
+    for i, c in enumerate(loaded.classes):
+        table[f"prob_calibrated_{c}"] = calibrated[:, i]
+    table.to_csv(output_dir / "predictions.csv", index=False)
+    _report(cfg, result, probs, calibrated, y, loaded.classes, source, output_dir)
+    return result
+
+
+def _report(cfg, result, probs, calibrated, y, classes, source, output_dir: Path) -> None:
+    """Write/log the report and print a summary."""
+    from derm_exp.evaluation.report import log_evaluation
+
+    prefix = "eval_lesion/" if cfg.lesion_level else "eval/"
+    extra = {f"{prefix}temperature": result["temperature"]["value"]}
+    kwargs = dict(
+        calibrated_probs=calibrated,
+        output_dir=output_dir,
+        extra_metrics=extra,
+        title=f"Evaluation ({result['data']})",
+    )
+    run_id = None
+    if cfg.tracking.enabled:
+        run_id = _log_to_mlflow(
+            cfg,
+            result,
+            source,
+            output_dir,
+            lambda: log_evaluation(result, probs, y, classes, prefix, **kwargs),
+        )
+    else:
+        log_evaluation(result, probs, y, classes, prefix, **kwargs)
+    ci = result.get("bootstrap", {}).get("intervals", {})
+
+    def with_ci(name: str) -> str:
+        value = result[name]
+        if value is None:
+            return "n/a"
+        c = ci.get(name, {})
+        band = f" [{c['low']:.3f}, {c['high']:.3f}]" if c.get("low") is not None else ""
+        return f"{value:.4f}{band}"
+
+    cal = result["calibrated"]
+    print(
+        f"\nEvaluated {result['n_samples']} {result['level']}s ({result['data']}), "
+        f"TTA {result['tta']['mode']}"
+    )
+    print(f"  balanced accuracy {with_ci('balanced_accuracy')}   accuracy {with_ci('accuracy')}")
+    print(f"  macro-F1 {with_ci('macro_f1')}   macro AUC {with_ci('macro_auc')}")
+    print(
+        f"  ECE {result['ece']:.4f} -> {cal['ece']:.4f}   NLL {result['nll']:.4f} -> "
+        f"{cal['nll']:.4f}  (temperature {result['temperature']['value']:.3f})"
+    )
+    if result["absent_classes"]:
+        print(f"  absent classes: {', '.join(result['absent_classes'])}")
+    print(f"  report: {output_dir / 'evaluation_metrics.json'}")
+    if run_id:
+        print(f"  MLflow evaluation run: {run_id}")
+    print(f"  {DISCLAIMER}")
+
+
+def _log_to_mlflow(
+    cfg: DictConfig, result: dict, source: Any, output_dir: Path, log_report: Any
+) -> str:
+    """Open the evaluation run (see the module docstring), log params/tags, then the report."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from derm_exp.tracking.mlflow_run import mask_credentials, setup_experiment
+
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    client = MlflowClient()
+    source_run = None
+    if source.run_id:
+        try:
+            source_run = client.get_run(source.run_id)
+        except mlflow.exceptions.MlflowException:
+            log.info("checkpoint run %s is not in this tracking store", source.run_id)
+    if source_run is not None:
+        experiment_id = source_run.info.experiment_id
+        name = source_run.info.run_name or source.run_id[:8]
+    else:
+        experiment_id = setup_experiment(
+            cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_root
+        )
+        name = Path(source.checkpoint).parent.name
+    tags = {
+        "derm_exp.kind": "evaluation",
+        "derm_exp.source_kind": source.kind,
+        "derm_exp.source_ref": mask_credentials(str(cfg.model_ref)),
+        "derm_exp.eval_data": result["data"],
+        "derm_exp.eval_level": result["level"],
+        "backbone": str(result["model"]["backbone"]),
+        "mlflow.note.content": DISCLAIMER,
+        **OmegaConf.to_container(cfg.tracking.tags, resolve=True),
+    }
+    if source_run is not None:
+        tags["derm_exp.source_run"] = source.run_id
+    if source.model_version:
+        tags["derm_exp.model_version"] = source.model_version
+    params = {
+        "model_ref": mask_credentials(str(cfg.model_ref)),
+        "data": result["data"],
+        "lesion_level": bool(cfg.lesion_level),
+        "tta.mode": result["tta"]["mode"],
+        "tta.views": ",".join(result["tta"]["views"]),
+        "tta.aggregation": result["tta"]["aggregation"],
+        "temperature.mode": str(cfg.temperature),
+        "temperature.source": result["temperature"]["source"],
+        "bootstrap.n_boot": int(cfg.bootstrap.n_boot),
+        "n_samples": result["n_samples"],
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval-{name}") as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params(params)
+        log_report()
+        mlflow.log_artifact(str(output_dir / "predictions.csv"))
+        return run.info.run_id
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    from derm_exp.errors import report_user_errors
+
+    with report_user_errors():
+        evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    from derm_exp.inference.sources import rewrite_model_override
+
+    sys.argv[1:] = rewrite_model_override(sys.argv[1:])
+    run_hydra_main(main, "evaluate")

@@ -1,0 +1,328 @@
+"""Predict skin-lesion classes for images with a trained derm_exp model.
+
+Research and education only; not a medical device. Do not use for diagnosis.
+
+The network, its preprocessing (the validation transform it was trained with) and its class list
+come from the checkpoint. Images are opened exactly like the training dataset opens them
+(:func:`derm_exp.data.dataset.load_image`: EXIF orientation applied, any mode to 8-bit RGB,
+transparency composited onto black), so a file gives the same probabilities here as in
+evaluation. The model is loaded once and runs under ``torch.inference_mode`` in channels-last
+memory format; a batch of images (times its TTA views) goes through the network in one forward.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from derm_exp.data.dataset import BadImageError, load_image, to_rgb
+from derm_exp.data.metadata import CLASS_DESCRIPTIONS
+from derm_exp.data.transforms import build_eval_transform
+from derm_exp.errors import ModelSourceError, PredictionInputError
+from derm_exp.inference.loading import LoadedModel, load_classifier
+from derm_exp.inference.sources import ModelSource, resolve_source
+from derm_exp.inference.tta import (
+    AGGREGATIONS,
+    TTAPreset,
+    expand_views,
+    load_tta_preset,
+    tta_modes,
+    views_to_probabilities,
+)
+from derm_exp.training.runtime import resolve_device
+
+log = logging.getLogger(__name__)
+
+DISCLAIMER = "Research and education only; not a medical device. Do not use for diagnosis."
+ImageInput = str | os.PathLike | Image.Image | np.ndarray
+SINGLE_VIEW = TTAPreset("none", ("identity",), "mean")
+
+
+def to_rgb_image(image: ImageInput) -> Image.Image:
+    """A path, PIL image or array (HxW, HxWx1, HxWx3, HxWx4) as 8-bit RGB, like the dataset.
+
+    Float arrays are read as [0, 1] (or as 0..255 when their maximum exceeds 1); integer arrays
+    above 255 as 16-bit. Paths go through the dataset's own loader.
+    """
+    if isinstance(image, str | os.PathLike):
+        path = Path(image).expanduser()
+        if not path.is_file():
+            raise PredictionInputError(f"image not found: {path}")
+        return load_image(str(path))
+    if isinstance(image, Image.Image):
+        return to_rgb(ImageOps.exif_transpose(image))
+    if isinstance(image, np.ndarray):
+        return to_rgb(_array_to_pil(image))
+    raise PredictionInputError(
+        f"unsupported image type {type(image).__name__}: pass a file path, a PIL image or a "
+        "numpy array (HxW, HxWx3 or HxWx4)"
+    )
+
+
+def _array_to_pil(array: np.ndarray) -> Image.Image:
+    a = array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))) or a.size == 0:
+        raise PredictionInputError(
+            f"image array of shape {array.shape}: expected HxW, HxWx1, HxWx3 or HxWx4"
+        )
+    if a.dtype == np.uint8:
+        return Image.fromarray(np.ascontiguousarray(a))
+    if a.dtype == bool:
+        a = a.astype(np.float64)
+    elif not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise PredictionInputError(f"image array of dtype {a.dtype}: use uint8 or float")
+    a = a.astype(np.float64)
+    if not np.isfinite(a).all():
+        raise PredictionInputError("image array contains NaN or inf values")
+    peak = a.max(initial=0.0)
+    if np.issubdtype(array.dtype, np.floating) or array.dtype == bool:
+        a = a * 255.0 if peak <= 1.0 else a
+    elif peak > 255:
+        a = a / 257.0  # 16-bit -> 8-bit, as the dataset does for 16-bit files
+    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
+
+
+def normalized_entropy(probs: np.ndarray) -> np.ndarray:
+    """Predictive entropy divided by log(C): 0 = one-hot, 1 = uniform."""
+    p = np.clip(probs, 1e-12, 1.0)
+    return -(p * np.log(p)).sum(-1) / math.log(p.shape[-1])
+
+
+class SkinLesionPredictor:
+    """Class probabilities for dermoscopy images from one trained classifier.
+
+    ``calibrate=True`` divides the logits by the temperature fitted on the training run's
+    validation split (stored in the checkpoint; 1.0 when it has none).
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: str | torch.device = "auto",
+        calibrate: bool = True,
+        source: ModelSource | None = None,
+    ) -> None:
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model = loaded.model.to(self.device, memory_format=torch.channels_last).eval()
+        self.classes = list(loaded.classes)
+        self.data_config = dict(loaded.data_config)
+        self.transform = build_eval_transform(self.data_config)
+        self.calibrate = bool(calibrate)
+        self.temperature = float(loaded.temperature) if calibrate else 1.0
+        self.checkpoint_path = loaded.checkpoint_path
+        self.source = source
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: str = "auto", calibrate: bool = True
+    ) -> SkinLesionPredictor:
+        """From a ``checkpoint_best.pt`` (or a training output folder holding one)."""
+        if not Path(path).expanduser().exists():
+            raise ModelSourceError(f"checkpoint not found: {path}")
+        return cls.from_ref(str(path), device=device, calibrate=calibrate)
+
+    @classmethod
+    def from_run(
+        cls,
+        run_id: str,
+        tracking_uri: str | None = None,
+        device: str = "auto",
+        calibrate: bool = True,
+    ) -> SkinLesionPredictor:
+        """From the ``checkpoints/checkpoint_best.pt`` artifact of MLflow run ``run_id``."""
+        return cls.from_ref(run_id, tracking_uri, device=device, calibrate=calibrate)
+
+    @classmethod
+    def from_registry(
+        cls,
+        uri: str,
+        tracking_uri: str | None = None,
+        device: str = "auto",
+        calibrate: bool = True,
+    ) -> SkinLesionPredictor:
+        """From a registered model version (``models:/NAME@alias`` or ``models:/NAME/3``)."""
+        if not str(uri).startswith("models:/"):
+            raise PredictionInputError(f"{uri!r} is not a models:/NAME@alias URI")
+        return cls.from_ref(uri, tracking_uri, device=device, calibrate=calibrate)
+
+    @classmethod
+    def from_ref(
+        cls,
+        ref: str,
+        tracking_uri: str | None = None,
+        device: str = "auto",
+        calibrate: bool = True,
+    ) -> SkinLesionPredictor:
+        """From any reference: checkpoint path, run id or ``models:/`` URI."""
+        source = resolve_source(ref, tracking_uri)
+        device_ = resolve_device(device)
+        return cls(load_classifier(source.checkpoint, device_), device_, calibrate, source)
+
+    # -- core ---------------------------------------------------------------------------------
+    def preprocess(self, image: ImageInput) -> torch.Tensor:
+        """One image -> the normalised (3, H, W) tensor the network was validated on."""
+        return self.transform(to_rgb_image(image))
+
+    @torch.inference_mode()
+    def logits(self, batch: torch.Tensor, views: Sequence[str] = ("identity",)) -> torch.Tensor:
+        """(V, B, C) logits of every view of a preprocessed batch (B, 3, H, W): one forward."""
+        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        views = list(views)
+        if views != ["identity"]:
+            x = expand_views(x, views)
+        out = self.model(x).float().cpu()
+        return out.reshape(len(views), batch.shape[0], out.shape[-1])
+
+    def probabilities(
+        self, batch: torch.Tensor, preset: TTAPreset = SINGLE_VIEW
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(aggregated (B, C), per-view (V, B, C)) probabilities at the predictor's temperature."""
+        logits = self.logits(batch, preset.views)
+        per_view = torch.softmax(logits / self.temperature, -1).numpy()
+        if logits.shape[0] == 1:  # same arithmetic as single-view evaluation
+            return views_to_probabilities(logits[0], self.temperature), per_view
+        return views_to_probabilities(logits, self.temperature, preset.aggregation), per_view
+
+    def iter_predictions(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 32,
+        preset: TTAPreset = SINGLE_VIEW,
+        progress: bool = False,
+        skip_unreadable: bool = False,
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yield ``(index, probs (C,), per-view probs (V, C))`` per image, batch by batch.
+
+        With ``skip_unreadable`` undecodable files are logged and left out instead of raising.
+        """
+        if batch_size < 1:
+            raise PredictionInputError(f"batch_size={batch_size} must be >= 1")
+        images = list(images)
+        bar = tqdm(
+            total=len(images), desc="predict", unit="img", disable=None if progress else True
+        )
+        for start in range(0, len(images), batch_size):
+            tensors, index = [], []
+            for i in range(start, min(start + batch_size, len(images))):
+                try:
+                    tensors.append(self.preprocess(images[i]))
+                    index.append(i)
+                except BadImageError as exc:
+                    if not skip_unreadable:
+                        raise
+                    log.warning("skipping %s", exc)
+            if tensors:
+                probs, per_view = self.probabilities(torch.stack(tensors), preset)
+                for j, i in enumerate(index):
+                    yield i, probs[j], per_view[:, j]
+            bar.update(min(batch_size, len(images) - start))
+        bar.close()
+
+    def result(
+        self, probs: np.ndarray, per_view: np.ndarray | None = None, preset: TTAPreset = SINGLE_VIEW
+    ) -> dict[str, Any]:
+        """The prediction dict for one image's probabilities (C,) (and per-view (V, C))."""
+        top = int(np.argmax(probs))
+        cls = self.classes[top]
+        out: dict[str, Any] = {
+            "predicted_class": cls,
+            "predicted_class_description": CLASS_DESCRIPTIONS.get(cls, cls),
+            "confidence": float(probs[top]),
+            "probabilities": {c: float(p) for c, p in zip(self.classes, probs, strict=True)},
+            "uncertainty": float(normalized_entropy(probs)),
+            "calibrated": self.calibrate,
+            "temperature": self.temperature,
+        }
+        if per_view is not None and per_view.shape[0] > 1:
+            out["view_std"] = float(per_view[:, top].std())
+            out["tta"] = {
+                "mode": preset.mode,
+                "views": list(preset.views),
+                "aggregation": preset.aggregation,
+            }
+        out["disclaimer"] = DISCLAIMER
+        return out
+
+    # -- public API ---------------------------------------------------------------------------
+    def predict_proba(
+        self, images: Sequence[ImageInput] | ImageInput, batch_size: int = 32
+    ) -> np.ndarray:
+        """Class probabilities (N, C), columns in ``self.classes`` order."""
+        images = _as_list(images)
+        out = np.empty((len(images), len(self.classes)), dtype=np.float32)
+        for i, probs, _ in self.iter_predictions(images, batch_size):
+            out[i] = probs
+        return out
+
+    def predict(self, image: ImageInput) -> dict[str, Any]:
+        """Prediction for one image (single pass): see :meth:`result` for the keys."""
+        return self.predict_batch([image], batch_size=1)[0]
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 32,
+        tta: str | TTAPreset | None = None,
+        progress: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Predictions for many images, ``batch_size`` images (x their views) per forward."""
+        preset = self.tta_preset(tta)
+        found = self.iter_predictions(_as_list(images), batch_size, preset, progress)
+        return [self.result(p, v, preset) for _, p, v in found]
+
+    def predict_with_tta(
+        self, image: ImageInput, mode: str = "medium", aggregation: str | None = None
+    ) -> dict[str, Any]:
+        """Prediction averaged over the views of ``conf/tta/<mode>.yaml`` (one forward).
+
+        ``aggregation`` (mean | geometric_mean | max) defaults to the preset's; every
+        aggregation is renormalised to a distribution. Adds ``view_std``: the standard
+        deviation across views of the predicted class's probability.
+        """
+        return self.predict_batch([image], tta=self.tta_preset(mode, aggregation))[0]
+
+    @staticmethod
+    def tta_preset(tta: str | TTAPreset | None, aggregation: str | None = None) -> TTAPreset:
+        """The views/aggregation of a TTA mode name (``conf/tta/<mode>.yaml``), validated."""
+        if tta is None:
+            return SINGLE_VIEW
+        if isinstance(tta, TTAPreset):
+            preset = tta
+        else:
+            try:
+                preset = load_tta_preset(str(tta))
+            except ValueError:
+                raise PredictionInputError(
+                    f"unknown TTA mode {tta!r}; choose one of {', '.join(tta_modes())}"
+                ) from None
+        if aggregation is not None:
+            if aggregation not in AGGREGATIONS:
+                raise PredictionInputError(
+                    f"aggregation={aggregation!r}: choose one of {', '.join(AGGREGATIONS)}"
+                )
+            preset = TTAPreset(preset.mode, preset.views, aggregation)
+        return preset
+
+
+def _as_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:
+    """One image (path, PIL, HxW[xC] array) or a sequence / (N, H, W[, C]) array -> list."""
+    if isinstance(images, str | os.PathLike | Image.Image):
+        return [images]
+    if isinstance(images, np.ndarray):
+        return (
+            [images]
+            if images.ndim == 2
+            or (images.ndim == 3 and images.shape[-1] in (1, 3, 4) and images.dtype != object)
+            else list(images)
+        )
+    return list(images)

@@ -1,0 +1,146 @@
+"""``python -m derm_exp.evaluate``: report files, MLflow evaluation run, calibration, lesions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from derm_exp.config import PROJECT_ROOT
+from derm_exp.data.metadata import DataValidationError
+from derm_exp.training.checkpoint import load_checkpoint
+from tests.conftest import compose_train
+from tests.inference.conftest import TrainedModel, session_model
+
+PLOTS = {"confusion_matrix.png", "roc_curves.png", "calibration.png", "per_class.png"}
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> TrainedModel:
+    """The tiny model of tests/inference/conftest.py (trained once per session)."""
+    return session_model(tmp_path_factory, demo_data)
+
+
+def _evaluate(model: TrainedModel, out: Path, *overrides: str) -> dict:
+    from derm_exp.evaluate import evaluate
+
+    cfg = compose_train(
+        [
+            f"model_ref={model.checkpoint}",
+            "tracking.enabled=false",
+            "data.num_workers=0",
+            "device=cpu",
+            "bootstrap.n_boot=100",
+            *overrides,
+        ],
+        config_name="evaluate",
+    )
+    return evaluate(cfg, out)
+
+
+def test_cli_on_a_run_id_writes_report_and_logs_an_evaluation_run(
+    trained_model: TrainedModel,
+    tmp_path: Path,
+) -> None:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "derm_exp.evaluate",
+            f"model={trained_model.run_id}",
+            f"tracking.uri={trained_model.tracking_uri}",
+            "tta=light",
+            "bootstrap.n_boot=200",
+            "data.num_workers=0",
+            f"hydra.run.dir={out}",
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "evaluation_metrics.json").read_text())
+    assert {p.name for p in (out / "plots").glob("*.png")} >= PLOTS
+    test_split = pd.read_csv(trained_model.output_dir / "splits" / "test.csv")
+    assert report["n_samples"] == len(test_split)
+    assert report["tta"]["views"] == ["identity", "hflip", "vflip", "rot180"]
+    for name in ("accuracy", "balanced_accuracy", "macro_f1"):
+        ci = report["bootstrap"]["intervals"][name]
+        assert ci["low"] <= report[name] <= ci["high"], name
+    assert report["bootstrap"]["resampled"] == "lesions"
+    assert report["bootstrap"]["n_groups"] == test_split["lesion_id"].nunique()
+    assert set(report["per_class"]["mel"]) == {"precision", "recall", "f1", "support", "auc"}
+    assert len(report["confusion_matrix_normalized"]) == 7
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(trained_model.tracking_uri)
+    client = MlflowClient()
+    train_run = client.get_run(trained_model.run_id)
+    runs = client.search_runs([train_run.info.experiment_id], "tags.`derm_exp.kind` = 'evaluation'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["derm_exp.source_run"] == trained_model.run_id
+    assert run.data.metrics["eval/balanced_accuracy"] == pytest.approx(report["balanced_accuracy"])
+    assert "eval/macro_f1_ci_low" in run.data.metrics
+    assert "eval/ece_calibrated" in run.data.metrics
+    logged = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert logged >= PLOTS
+    assert "evaluation_metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert not any(k.startswith("eval") for k in train_run.data.metrics)
+
+
+def test_calibration_is_reported_before_and_after_and_fitted_on_validation(
+    trained_model: TrainedModel,
+    tmp_path: Path,
+) -> None:
+    stored = load_checkpoint(trained_model.checkpoint)["temperature"]
+    auto = _evaluate(trained_model, tmp_path / "auto")
+    assert auto["temperature"]["value"] == pytest.approx(stored)
+    assert {"ece", "nll", "brier"} <= set(auto["calibrated"])
+    assert auto["calibrated"]["ece"] != auto["ece"]
+    # Same model, same test split, no TTA: the numbers the training run logged.
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(trained_model.tracking_uri)
+    logged = MlflowClient().get_run(trained_model.run_id).data.metrics
+    assert auto["nll"] == pytest.approx(logged["test/nll"], abs=1e-5)
+    assert auto["calibrated"]["ece"] == pytest.approx(logged["test/ece_calibrated"], abs=1e-5)
+    # Refitting uses the run's validation split, like training did: same temperature.
+    refit = _evaluate(trained_model, tmp_path / "refit", "temperature=refit")
+    assert refit["temperature"]["value"] == pytest.approx(stored, rel=1e-3)
+    assert "validation" in refit["temperature"]["source"]
+
+
+def test_lesion_level_has_one_sample_per_lesion(
+    trained_model: TrainedModel,
+    tmp_path: Path,
+) -> None:
+    result = _evaluate(trained_model, tmp_path, "lesion_level=true")
+    test_split = pd.read_csv(trained_model.output_dir / "splits" / "test.csv")
+    assert result["n_samples"] == test_split["lesion_id"].nunique() < len(test_split)
+    assert result["level"] == "lesion" and result["bootstrap"]["resampled"] == "lesions"
+    table = pd.read_csv(tmp_path / "predictions.csv")
+    assert list(table["lesion_id"]) == list(dict.fromkeys(test_split["lesion_id"]))
+
+
+def test_missing_images_in_a_split_csv_fail_clearly(
+    trained_model: TrainedModel,
+    tmp_path: Path,
+) -> None:
+    split = pd.read_csv(trained_model.output_dir / "splits" / "test.csv")
+    split["path"] = "/elsewhere/" + split["image_id"] + ".jpg"
+    split.to_csv(tmp_path / "moved.csv", index=False)
+    with pytest.raises(DataValidationError, match=r"do not exist.*data\.root="):
+        _evaluate(trained_model, tmp_path / "out", f"split_csv={tmp_path / 'moved.csv'}")
