@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import re
 import socket
+import tempfile
 import urllib.parse
+import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,15 @@ from typing import Any
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
+from hydra.experimental.callback import Callback  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@")
 _SECRET_KEYS = re.compile(r"(password|secret|token|api_key)", re.IGNORECASE)
+_SECRET_QUERY = re.compile(
+    r"(?<=[?&;])(?P<key>[\w.-]*(?:password|passwd|secret|token|api_key|apikey|access_key)[\w.-]*)=[^&#\s]+",
+    re.IGNORECASE,
+)
 
 
 class TrackingError(RuntimeError):
@@ -24,8 +31,29 @@ class TrackingError(RuntimeError):
 
 
 def mask_credentials(value: str) -> str:
-    """Hide the password of ``scheme://user:password@host`` URIs."""
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
+    """Hide the password of ``scheme://user:password@host`` URIs and secret query parameters
+    (``?token=...``, ``&password=...``)."""
+    value = _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", value)
+    return _SECRET_QUERY.sub(lambda m: f"{m['key']}=***", value)
+
+
+def redact_config(config: Any) -> Any:
+    """Deep copy of a plain config with credentials masked (URIs) or replaced (secret keys).
+
+    Used for everything that persists the config: MLflow params, the logged resolved config and
+    the checkpoints (which travel with registered models). Credentials belong in the
+    environment (``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``), not in configs.
+    """
+    if isinstance(config, Mapping):
+        return {
+            k: "***" if _SECRET_KEYS.search(str(k)) and v is not None else redact_config(v)
+            for k, v in config.items()
+        }
+    if isinstance(config, list | tuple):
+        return type(config)(redact_config(v) for v in config)
+    if isinstance(config, str):
+        return mask_credentials(config)
+    return config
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -75,18 +103,76 @@ def setup_experiment(uri: str, experiment_name: str, artifact_root: str | None) 
     try:
         exp = mlflow.get_experiment_by_name(experiment_name)
         if exp is not None:
+            check_artifact_location(exp.artifact_location)
             return exp.experiment_id
         location = None
         if artifact_root and urllib.parse.urlparse(uri).scheme in {"sqlite", "file", ""}:
             location = (Path(artifact_root) / experiment_name).resolve().as_uri()
+            check_artifact_location(location)
         return mlflow.create_experiment(experiment_name, artifact_location=location)
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(f"cannot use tracking store {mask_credentials(uri)}: {exc}") from exc
+
+
+def check_artifact_location(location: str | None) -> None:
+    """Fail before training when a local artifact folder cannot be written (read-only, under a
+    file, disk full); remote stores (s3://, http://, ...) are checked by their first upload."""
+    if not location:
+        return
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme not in {"file", ""}:
+        return
+    folder = Path(urllib.request.url2pathname(parsed.path) if parsed.scheme else location)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise TrackingError(
+            f"MLflow artifact folder {folder} is not writable ({exc.__class__.__name__}: "
+            f"{exc.strerror or exc}). Free space / fix its permissions, or point "
+            "tracking.artifact_root at a writable folder (a new experiment name, "
+            "tracking.experiment_name=..., is needed when the experiment already exists)"
+        ) from exc
 
 
 def run_url_hint(run_id: str) -> str:
     """Where to find a run in ``mlflow ui`` (started with ``make ui``)."""
     run = MlflowClient().get_run(run_id)
     uri = mlflow.get_tracking_uri()
-    base = uri if uri.startswith("http") else "http://127.0.0.1:5000"
+    if uri.startswith("http"):  # never print credentials: the browser asks for them itself
+        parts = urllib.parse.urlsplit(uri)
+        host = parts.hostname or ""
+        netloc = f"{host}:{parts.port}" if parts.port else host
+        base = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    else:
+        base = "http://127.0.0.1:5000"
     return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def sweep_group(sweep_dir: str | Path) -> str:
+    """The group id of a multirun: ``<parent>/<name>`` of its sweep folder (shared by its jobs,
+    also under the joblib launcher), e.g. ``2026-11-22/11-43-16``."""
+    path = Path(str(sweep_dir))
+    return f"{path.parent.name}/{path.name}"
+
+
+def group_of(config: Any) -> str:
+    """``tracking.tags.group`` when set, else the multirun's :func:`sweep_group`."""
+    tags = config.tracking.get("tags") or {}
+    return str(tags["group"]) if tags.get("group") else sweep_group(config.hydra.sweep.dir)
+
+
+class MultirunCallback(Callback):
+    """Hydra callback for every multirun of the training app (``conf/train.yaml``).
+
+    Before the jobs: create the MLflow store and experiment once in the launching process
+    (parallel launchers such as joblib otherwise race to create a fresh sqlite schema: "duplicate
+    column name") and print the group id that tags every job's run.
+    """
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        t = config.tracking
+        setup_experiment(t.uri, t.experiment_name, t.artifact_root)
+        group = group_of(config)
+        print(f"sweep group: {group}  (filter runs in `mlflow ui` with: tags.group = '{group}')")

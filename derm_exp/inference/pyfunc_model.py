@@ -1,0 +1,237 @@
+"""MLflow pyfunc wrappers: a registered classifier (or ensemble) loadable with ``mlflow.pyfunc``.
+
+Research and education only: not a medical device; never use it for diagnosis.
+
+Usage::
+
+    import mlflow, pandas as pd
+    model = mlflow.pyfunc.load_model("models:/derm-classifier@seed-7")   # or .../3, .../latest
+    probs = model.predict(pd.DataFrame({"image": ["a.jpg", "b.png"]}))
+    # probs: DataFrame, one row per image, one column per class in the checkpoint's class order
+    # (akiec, bcc, bkl, df, mel, nv, vasc); rows sum to 1 (temperature-calibrated softmax);
+    # probs.attrs["disclaimer"] carries the research-only disclaimer.
+
+Input format (one image per row, images of any size: each is resized and centre-cropped exactly
+as at training time, from the checkpoint's own preprocessing config):
+
+* a pandas DataFrame with a column ``image`` (or a single column of any name) whose cells are
+  file paths, raw encoded image bytes (JPEG/PNG/...), or base64 strings of such bytes;
+* or a plain list (or 1-D array / Series) of the same.
+
+Loading unpickles nothing: the model is logged "from code" (a three-line script that imports a
+class below; settings are artifacts), and ``load_context`` rebuilds the network
+from the checkpoint's saved config and a ``weights_only`` state_dict via
+:class:`derm_exp.inference.predictor.SkinLesionPredictor`. derm_exp must be installed where the
+model is loaded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from derm_exp.data.dataset import BadImageError, load_image
+from derm_exp.errors import PredictionInputError
+from derm_exp.inference.predictor import DISCLAIMER
+
+IMAGE_COLUMN = "image"
+
+
+def _decode(item: Any, index: int) -> Any:
+    """One input cell -> a path string, a PIL image or an array (what the predictor accepts)."""
+    if isinstance(item, Image.Image | np.ndarray):
+        return item
+    if isinstance(item, Path):
+        item = str(item)
+    if isinstance(item, bytes | bytearray | memoryview):
+        data = bytes(item)
+    elif isinstance(item, str):
+        if Path(item).expanduser().is_file():
+            return str(Path(item).expanduser())
+        try:
+            data = base64.b64decode(item, validate=True)
+        except (binascii.Error, ValueError):
+            raise PredictionInputError(
+                f"image {index}: {item[:80]!r} is neither an existing file nor base64-encoded "
+                "image bytes"
+            ) from None
+    else:
+        raise PredictionInputError(
+            f"image {index}: unsupported type {type(item).__name__}; give a file path, encoded "
+            "image bytes or a base64 string"
+        )
+    try:
+        return load_image(io.BytesIO(data))  # type: ignore[arg-type]  # PIL reads file objects
+    except BadImageError as exc:
+        raise PredictionInputError(f"image {index}: not a readable image ({exc})") from None
+
+
+def images_from_input(model_input: Any) -> list[Any]:
+    """Decode a pyfunc input (see the module docstring) into a list the predictor accepts."""
+    if isinstance(model_input, pd.DataFrame):
+        if IMAGE_COLUMN in model_input.columns:
+            column = model_input[IMAGE_COLUMN]
+        elif model_input.shape[1] == 1:
+            column = model_input.iloc[:, 0]
+        else:
+            raise PredictionInputError(
+                f"expected a DataFrame with a column '{IMAGE_COLUMN}', got columns "
+                f"{list(model_input.columns)}"
+            )
+        items: Sequence[Any] = column.tolist()
+    elif isinstance(model_input, pd.Series | np.ndarray) and np.ndim(model_input) == 1:
+        items = list(model_input)
+    elif isinstance(model_input, str | bytes | Path | Image.Image):
+        items = [model_input]
+    elif isinstance(model_input, Sequence):
+        items = list(model_input)
+    else:
+        raise PredictionInputError(
+            f"unsupported model input {type(model_input).__name__}; give a DataFrame with a "
+            f"column '{IMAGE_COLUMN}' or a list of image paths / bytes / base64 strings"
+        )
+    return [_decode(item, i) for i, item in enumerate(items)]
+
+
+class DermClassifierModel(mlflow.pyfunc.PythonModel):
+    """One derm_exp checkpoint (artifact ``checkpoint``) served through the predictor.
+
+    Runs on ``device="auto"`` (CUDA > MPS > CPU) with the checkpoint's temperature. For other
+    settings use ``SkinLesionPredictor.from_registry(uri, device=..., calibrate=...)``.
+    """
+
+    def load_context(self, context: Any) -> None:
+        from derm_exp.inference.predictor import SkinLesionPredictor
+
+        self._predictor = SkinLesionPredictor.from_checkpoint(
+            context.artifacts["checkpoint"], device="auto", calibrate=True
+        )
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._predictor.classes)
+
+    # MLflow neither validates nor converts a ``pd.DataFrame``-hinted input (any other hint is
+    # turned into a schema that cannot express "path, bytes or base64"); lists pass unchanged.
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        """Class probabilities (N, C) as a DataFrame with one column per class."""
+        probs = self._predictor.predict_proba(images_from_input(model_input))
+        frame = pd.DataFrame(np.asarray(probs), columns=self.classes)
+        frame.attrs["disclaimer"] = DISCLAIMER
+        return frame
+
+
+class DermEnsembleModel(mlflow.pyfunc.PythonModel):
+    """An ensemble of derm_exp checkpoints (artifacts ``member_0``, ``member_1``, ...).
+
+    Artifact ``ensemble`` (JSON) holds ``names`` (one per member), ``aggregation`` and
+    ``weights`` (or null); members run on ``device="auto"``, calibrated.
+    ``predict`` returns the ensemble probabilities per class followed by the columns
+    ``confidence``, ``std``, ``entropy``, ``mutual_information`` and ``disagreement`` (see
+    :mod:`derm_exp.inference.ensemble`).
+    """
+
+    def load_context(self, context: Any) -> None:
+        from derm_exp.inference.ensemble import EnsemblePredictor
+
+        spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
+        names = list(spec["names"])
+        paths = [context.artifacts[f"member_{i}"] for i in range(len(names))]
+        self._ensemble = EnsemblePredictor.from_checkpoints(
+            paths,
+            names=names,
+            aggregation=str(spec["aggregation"]),
+            weights=spec.get("weights"),
+            device="auto",
+            calibrate=True,
+        )
+
+    # the type hint: see DermClassifierModel.predict
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict | None = None
+    ) -> pd.DataFrame:
+        """Ensemble probabilities and uncertainty per image."""
+        out = self._ensemble.predict_arrays(images_from_input(model_input))
+        frame = pd.DataFrame(out.probs, columns=self._ensemble.classes)
+        for key, values in out.uncertainty().items():
+            frame[key] = values
+        frame.attrs["disclaimer"] = DISCLAIMER
+        return frame
+
+
+# MLflow "models from code": the logged model stores this small script instead of a pickle.
+_ENTRY = """# derm_exp pyfunc entry point (MLflow models-from-code); research/education only.
+import mlflow
+
+from derm_exp.inference.pyfunc_model import {cls}
+
+mlflow.models.set_model({cls}())
+"""
+
+
+def pip_requirements() -> list[str]:
+    """``name==version`` of the distributions a loaded model imports, as installed here.
+
+    Listing them skips MLflow's requirement inference (it loads the model in a subprocess).
+    derm_exp itself must be installed where the model is loaded (``pip install -e .``).
+    """
+    from importlib import metadata
+
+    out = []
+    for name in (
+        "torch",
+        "torchvision",
+        "timm",
+        "omegaconf",
+        "hydra-core",
+        "pillow",
+        "numpy",
+        "pandas",
+        "scikit-learn",
+        "mlflow",
+    ):
+        try:
+            out.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def log_pyfunc_model(
+    model_class: type[mlflow.pyfunc.PythonModel], artifacts: dict[str, str], name: str = "model"
+) -> Any:
+    """Log ``model_class`` (one of the classes above) with file ``artifacts`` to the active run.
+
+    Settings travel as artifacts, not ``model_config`` (MLflow would log that as run params,
+    clashing with the training config's ``device``). Returns MLflow's ``ModelInfo``.
+    """
+    pyfunc_log = logging.getLogger("mlflow.pyfunc")
+    level = pyfunc_log.level
+    # MLflow warns that a DataFrame type hint gives no signature: intended (see predict).
+    pyfunc_log.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            entry = Path(tmp) / "derm_exp_model.py"
+            entry.write_text(_ENTRY.format(cls=model_class.__name__))
+            return mlflow.pyfunc.log_model(
+                name=name,
+                python_model=str(entry),
+                artifacts=artifacts,
+                pip_requirements=pip_requirements(),
+            )
+    finally:
+        pyfunc_log.setLevel(level)
