@@ -43,12 +43,28 @@ def normalize_overrides(overrides: Sequence[str], conf_dir: Path = CONF_DIR) -> 
     return out
 
 
+def missing_option_message(hydra_text: str) -> str:
+    """Hydra's "Could not find 'group/option'" text as one line listing the valid options."""
+    text = hydra_text.split("Config search path:", 1)[0].strip()
+    found = re.search(r"Could not find '(?P<path>[^']+)'", text)
+    listed = re.search(r"Available options in '(?P<group>[^']+)':(?P<opts>(\s+\S+)+)", text)
+    if not (found and listed):
+        return text
+    group, option = listed["group"], found["path"].rsplit("/", 1)[-1]
+    options = ", ".join(listed["opts"].split())
+    return (
+        f"unknown option '{option}' for config group '{group}'. Valid options: {options}. "
+        f"(Select one with {group.replace('/', '.')}=<option>)"
+    )
+
+
 def unknown_key_message(overrides: Sequence[str], config_name: str) -> str | None:
     """If an override names a key that does not exist, say which keys do (Hydra does not).
 
     Composes the config once; sweep overrides (``a=1,2``) and Hydra's own keys are skipped.
     """
     from hydra import compose, initialize_config_dir
+    from hydra.errors import MissingConfigException
     from omegaconf import DictConfig
 
     plain = [
@@ -65,8 +81,11 @@ def unknown_key_message(overrides: Sequence[str], config_name: str) -> str | Non
             if o.split("=", 1)[0].replace(".", "/") in config_groups() or "/" in o.split("=", 1)[0]
         ]
         try:
-            cfg = compose(config_name=config_name, overrides=groups_only)
-        except Exception:  # a bad group option: Hydra's own message lists the valid ones
+            searchpath = [o for o in overrides if o.startswith("hydra.searchpath=")]
+            cfg = compose(config_name=config_name, overrides=groups_only + searchpath)
+        except MissingConfigException as exc:  # a bad group option
+            return missing_option_message(str(exc))
+        except Exception:  # anything else: Hydra reports it itself
             return None
     for override in plain:
         key = override.split("=", 1)[0]

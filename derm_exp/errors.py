@@ -18,6 +18,18 @@ class PredictionInputError(ValueError):
     """An input to prediction is unusable: missing image, empty folder, unknown TTA mode, ..."""
 
 
+class RegistryError(ValueError):
+    """The model registry cannot give what was asked: no such model, no match, or members that
+    cannot form one ensemble (different classes or data splits)."""
+
+
+class StorageError(RuntimeError):
+    """Writing run outputs failed (disk full, read-only or vanished artifact store, ...).
+
+    The message says what failed, where the last good local checkpoint is and how to resume.
+    """
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "fix your input or config", not "bug"."""
     from derm_exp.data.metadata import DataValidationError
@@ -40,7 +52,24 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         FileNotFoundError,
         ModelSourceError,
         PredictionInputError,
+        RegistryError,
+        StorageError,
     )
+
+
+def user_message(exc: BaseException) -> str:
+    """The text to show for a user error.
+
+    An exception raised in a DataLoader worker is re-raised by torch with the worker's traceback
+    inside its message ("Caught X in DataLoader worker process 0. Original Traceback ..."):
+    only its last line, the original message, is shown.
+    """
+    text = str(exc)
+    if text.startswith("Caught ") and "Original Traceback" in text:
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        _, sep, message = last.partition(": ")
+        text = f"{message if sep else last} (in a DataLoader worker)"
+    return text
 
 
 @contextlib.contextmanager
@@ -52,5 +81,5 @@ def report_user_errors() -> Iterator[None]:
         print("\ninterrupted", file=sys.stderr)
         sys.exit(130)
     except user_error_types() as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {user_message(exc)}", file=sys.stderr)
         sys.exit(1)

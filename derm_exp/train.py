@@ -11,6 +11,7 @@ Research and education only: not a medical device. Examples::
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -26,6 +27,14 @@ log = logging.getLogger("derm_exp.train")
 def main(cfg: DictConfig) -> float:
     """Train one configuration; return the validation objective for sweepers."""
     from derm_exp.errors import report_user_errors  # heavy imports happen after --help
+    from derm_exp.training.validate import ConfigError, validate_config
+
+    if cfg.resume is None:  # bad values fail in a second, before torch/timm/mlflow load
+        try:
+            validate_config(cfg)
+        except ConfigError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(1)
     from derm_exp.training.trainer import fit
 
     hc = HydraConfig.get()

@@ -22,8 +22,25 @@ RESUMABLE_KEYS = (
     "data.num_workers",
     "data.root",
     "data.demo.dir",
+    "data.cache_dir",
+    "data.cache_key",
     "tracking.uri",
     "tracking.artifact_root",
+)
+# What checkpoint_latest.pt holds beyond the weights; checkpoint_best.pt lacks most of it.
+_LATEST_KEYS = (
+    "config",
+    "run_id",
+    "data_fingerprint",
+    "model",
+    "optimizer",
+    "stage",
+    "epoch",
+    "best",
+    "stale_epochs",
+    "elapsed",
+    "history",
+    "rng",
 )
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -38,6 +55,7 @@ class Resumed:
     checkpoint: dict[str, Any]
     run_id: str
     best_path: Path | None
+    checkpoint_path: Path | None = None
 
 
 def locate_checkpoint(ref: str, tracking_uri: str) -> Path:
@@ -83,8 +101,12 @@ def load_for_resume(cfg: DictConfig, overrides: list[str]) -> Resumed:
     """Load the checkpoint named by ``cfg.resume`` and merge the allowed command-line changes."""
     path = locate_checkpoint(str(cfg.resume), cfg.tracking.uri)
     ck = load_checkpoint(path)
-    if "run_id" not in ck or "optimizer" not in ck:
-        raise ResumeError(f"{path} is not a derm_exp checkpoint_latest.pt (cannot resume from it)")
+    missing = [k for k in _LATEST_KEYS if k not in ck] if isinstance(ck, dict) else _LATEST_KEYS
+    if missing:
+        raise ResumeError(
+            f"{path} is not a derm_exp checkpoint_latest.pt (missing {', '.join(missing)}); "
+            "resume from the checkpoint_latest.pt of the run's output folder or its MLflow run id"
+        )
     config = OmegaConf.create(ck["config"])
     for key in _override_keys(overrides):
         new, old = OmegaConf.select(cfg, key), OmegaConf.select(config, key)
@@ -97,6 +119,12 @@ def load_for_resume(cfg: DictConfig, overrides: list[str]) -> Resumed:
                 f"Changeable on resume: {', '.join(RESUMABLE_KEYS)}"
             )
         OmegaConf.update(config, key, new, merge=False)
+    if "***" in str(OmegaConf.select(config, "tracking.uri")):
+        raise ResumeError(
+            f"the run was tracked at {config.tracking.uri}; credentials are never stored, so pass "
+            "the tracking URI again: resume=... tracking.uri=<uri with credentials> (or set "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD and a URI without them)"
+        )
     config.resume = str(cfg.resume)
     best = path.parent / "checkpoint_best.pt"
-    return Resumed(config, ck, ck["run_id"], best if best.is_file() else None)
+    return Resumed(config, ck, ck["run_id"], best if best.is_file() else None, path)

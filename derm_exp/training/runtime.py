@@ -33,11 +33,24 @@ def resolve_device(name: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    from derm_exp.training.validate import ConfigError
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(
+            f"device={name!r} is not a device: use auto, cpu, cuda, cuda:<index> or mps"
+        ) from exc
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name} requested but CUDA is not available (use device=auto|cpu)")
+        raise ConfigError(
+            f"device={name} requested but CUDA is not available (use device=auto|cpu)"
+        )
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise ConfigError(f"device={name}: only {count} CUDA device(s) (cuda:0..)")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={name} requested but MPS is not available (use device=auto|cpu)")
+        raise ConfigError(f"device={name} requested but MPS is not available (use device=auto|cpu)")
     return device
 
 

@@ -2,16 +2,78 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from numbers import Integral, Real
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid."""
 
 
+# Keys whose values must be numbers: (key, integer?, may be null?). Checked first, so the value
+# checks below never meet a string (``data.image_size=abc`` must not end in a TypeError).
+_NUMBERS: tuple[tuple[str, bool, bool], ...] = (
+    ("seed", True, False),
+    ("optimizer.lr", False, False),
+    ("data.batch_size", True, False),
+    ("data.eval_batch_size", True, False),
+    ("data.num_workers", True, False),
+    ("data.val_fraction", False, False),
+    ("data.test_fraction", False, False),
+    ("data.split_seed", True, False),
+    ("data.image_size", True, True),
+    ("trainer.max_epochs", True, False),
+    ("trainer.max_time_minutes", False, True),
+    ("trainer.freeze_backbone_epochs", True, False),
+    ("trainer.finetune_lr", False, True),
+    ("trainer.early_stopping_patience", True, False),
+    ("trainer.log_every_n_steps", True, False),
+    ("trainer.grad_clip_norm", False, True),
+    ("trainer.ema.decay", False, False),
+)
+_CHOICES: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    ("data.on_bad_image", ("skip", "error")),
+    ("data.sampler", ("none", "weighted")),
+    ("loss.class_weights", (None, "inverse_frequency")),
+    ("trainer.amp", ("auto", "bf16", "fp16", "off")),
+    ("trainer.monitor_mode", ("max", "min")),
+)
+
+
+def _type_problems(cfg: DictConfig) -> list[str]:
+    problems = []
+    for key, integer, nullable in _NUMBERS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None:
+            if not nullable:
+                problems.append(f"{key} is null or missing; it needs a number")
+            continue
+        kind = Integral if integer else Real
+        if isinstance(value, bool) or not isinstance(value, kind):
+            what = "an integer" if integer else "a number"
+            problems.append(f"{key}={value!r} must be {what}" + (" or null" if nullable else ""))
+    for key, choices in _CHOICES:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value not in choices:
+            shown = ", ".join("null" if c is None else str(c) for c in choices)
+            problems.append(f"{key}={value!r}: choose one of {shown}")
+    return problems
+
+
+def validation_metric_names() -> list[str]:
+    """Names ``trainer.monitor`` and ``objective`` may take (``val/<metric>``)."""
+    from derm_exp.evaluation.metrics import SCALAR_KEYS
+
+    return [f"val/{k}" for k in (*SCALAR_KEYS, "loss")]
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` listing every invalid value in ``cfg``."""
-    problems = []
+    problems = _type_problems(cfg)
+    if problems:  # the value checks below assume numbers
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
     def check(ok: bool, message: str) -> None:
         if not ok:
@@ -31,24 +93,29 @@ def validate_config(cfg: DictConfig) -> None:
         d.image_size is None or d.image_size >= 32,
         f"data.image_size={d.image_size}: must be >= 32 pixels (or null for the model default)",
     )
-    check(
-        d.on_bad_image in ("skip", "error"),
-        f"data.on_bad_image={d.on_bad_image!r}: choose skip or error",
-    )
     check(t.max_epochs >= 1, f"trainer.max_epochs={t.max_epochs} must be >= 1")
     check(
         t.max_time_minutes is None or t.max_time_minutes > 0,
         f"trainer.max_time_minutes={t.max_time_minutes} must be > 0 or null",
     )
-    check(t.monitor_mode in ("max", "min"), f"trainer.monitor_mode={t.monitor_mode!r}: max or min")
     check(
-        str(t.monitor).startswith("val/"),
-        f"trainer.monitor={t.monitor!r} must be a validation metric (val/...)",
+        t.finetune_lr is None or t.finetune_lr > 0,
+        f"trainer.finetune_lr={t.finetune_lr} must be > 0 or null",
+    )
+    check(t.log_every_n_steps >= 1, f"trainer.log_every_n_steps={t.log_every_n_steps} must be >= 1")
+    check(
+        t.early_stopping_patience >= 1,
+        f"trainer.early_stopping_patience={t.early_stopping_patience} must be >= 1",
+    )
+    metrics = validation_metric_names()
+    check(
+        t.monitor in metrics,
+        f"trainer.monitor={t.monitor!r} must be a validation metric: {', '.join(metrics)}",
     )
     check(
-        str(cfg.objective).startswith("val/"),
-        f"objective={cfg.objective!r} must be a validation metric (val/...); test metrics are "
-        "never optimised",
+        cfg.objective in metrics,
+        f"objective={cfg.objective!r} must be a validation metric ({', '.join(metrics)}); test "
+        "metrics are never optimised",
     )
     check(
         0 <= t.freeze_backbone_epochs < t.max_epochs or t.freeze_backbone_epochs == 0,
@@ -61,3 +128,62 @@ def validate_config(cfg: DictConfig) -> None:
     )
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _feature_reduction(backbone: Any) -> int | None:
+    """Total downsampling of a timm backbone's last feature map (None when unknown)."""
+    info = getattr(backbone, "feature_info", None)
+    try:
+        return int(info[-1]["reduction"])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+
+
+def validate_model(cfg: DictConfig, model: Any) -> None:
+    """Check that the built model accepts the configured image size and augmentation.
+
+    Raises :class:`ConfigError` when ``data.image_size`` is smaller than the backbone's total
+    downsampling, when the model refuses the input size (a dry forward pass of one image in eval
+    mode, no gradients; e.g. ViTs with a fixed size), or when the transforms cannot be built
+    (``rot90`` or a centre crop with a non-square input, out-of-range augment values).
+    """
+    import torch
+
+    from derm_exp.data.transforms import build_eval_transform, build_train_transform
+
+    data_config = model.data_config
+    _, height, width = data_config["input_size"]
+    name = cfg.model.name
+    problems = []
+    reduction = _feature_reduction(getattr(model, "backbone", model))
+    if reduction is not None and min(height, width) < reduction:
+        problems.append(
+            f"data.image_size={cfg.data.image_size} is smaller than the total downsampling of "
+            f"model.name={name} ({reduction} px): use data.image_size >= {reduction}, or null for "
+            "the model's default size"
+        )
+    builders = (
+        lambda: build_eval_transform(data_config),
+        lambda: build_train_transform(cfg.augment, data_config),
+    )
+    for build in builders:
+        try:
+            build()
+        except (ValueError, TypeError) as exc:
+            problems.append(str(exc))
+    if not problems:
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 3, height, width))
+        except (RuntimeError, ValueError, AssertionError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            problems.append(
+                f"model.name={name} does not accept {height}x{width} images ({first}); choose "
+                "another data.image_size, or null for the model's default size"
+            )
+        finally:
+            model.train(was_training)
+    if problems:
+        raise ConfigError("invalid configuration for this model:\n  - " + "\n  - ".join(problems))
