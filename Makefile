@@ -9,7 +9,7 @@ ARGS ?=
 export MLFLOW_DISABLE_TELEMETRY := true
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install demo test train ui lint clean-runs help
+.PHONY: install demo test train tune ui dashboard lint help
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,9 +31,15 @@ test: $(STAMP)  ## Run the test suite
 train: $(STAMP)  ## Train with overrides: make train ARGS="model=efficientnet_v2_s data.root=data/HAM10000"
 	$(BIN)/python -m derm_exp.train $(ARGS)
 
+tune: $(STAMP)  ## Optuna sweep: make tune ARGS="data.root=data/HAM10000 hydra.sweeper.n_trials=30"
+	$(BIN)/python -m derm_exp.train -m hparams_search=optuna $(ARGS)
+
 ui: $(STAMP)  ## Open the MLflow UI on http://127.0.0.1:$(UI_PORT) (local only)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT) --workers 1
 
 lint: $(STAMP)  ## ruff check + format check
 	$(BIN)/ruff check derm_exp tests hydra_plugins
 	$(BIN)/ruff format --check derm_exp tests hydra_plugins
+
+dashboard: $(STAMP)  ## optuna-dashboard on http://127.0.0.1:8080 for the project's study database
+	$(BIN)/optuna-dashboard sqlite:///$(CURDIR)/optuna.db --host 127.0.0.1 --port 8080

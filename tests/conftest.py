@@ -45,6 +45,7 @@ def tiny_cfg(tmp_path: Path, demo_data: Path) -> DictConfig:
             "trainer.log_every_n_steps=2",
             "device=cpu",
             "tta=light",
+            "evaluation.n_boot=50",
         ]
     )
     with open_dict(cfg):

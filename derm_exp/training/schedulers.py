@@ -25,12 +25,15 @@ class BatchScheduler:
         elif self.impl is not None:
             self.impl.step()
 
-    def state_dict(self) -> dict:
-        return self.impl.state_dict() if self.impl is not None else {}
+    def fast_forward(self, updates: int) -> None:
+        """Advance a fresh scheduler to ``updates`` (resume): the LR is a function of the count.
 
-    def load_state_dict(self, state: dict) -> None:
-        if self.impl is not None and state:
-            self.impl.load_state_dict(state)
+        Schedules are rebuilt rather than restored, so a resumed run with a new
+        ``trainer.max_epochs`` follows the schedule for its new length.
+        """
+        if isinstance(self.impl, torch.optim.lr_scheduler.OneCycleLR):
+            for _ in range(updates):
+                self.impl.step()
 
 
 def build_scheduler(

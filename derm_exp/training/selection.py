@@ -15,12 +15,17 @@ DEGENERATE_SHARE = 0.95
 
 @dataclass(frozen=True)
 class Score:
-    """A validation result: the monitored metric, the loss that breaks ties, and its source."""
+    """A validation result: the monitored metric, the loss that breaks ties, and its source.
+
+    ``degenerate`` marks a (nearly) constant model (see :func:`is_degenerate`): it never beats a
+    model that is not, whatever their metric values.
+    """
 
     value: float
     loss: float
     weights: str = "raw"
     epoch: int = -1
+    degenerate: bool = False
 
     def as_dict(self) -> dict:
         return {
@@ -28,13 +33,18 @@ class Score:
             "loss": self.loss,
             "weights": self.weights,
             "epoch": self.epoch,
+            "degenerate": self.degenerate,
         }
 
 
 def is_better(new: Score, old: Score | None, mode: str = "max", tol: float = 1e-9) -> bool:
-    """``new`` beats ``old`` on the metric, or ties on it with a strictly lower loss."""
+    """``new`` beats ``old``: a non-degenerate model beats a degenerate one; otherwise the
+    metric decides, and a tie on it goes to the strictly lower loss (so "best" keeps moving
+    while the metric is flat, e.g. at 1/7 balanced accuracy early in training)."""
     if old is None:
         return True
+    if new.degenerate != old.degenerate:
+        return old.degenerate
     sign = 1.0 if mode == "max" else -1.0
     diff = sign * (new.value - old.value)
     if diff > tol:
@@ -49,11 +59,16 @@ def dominant_share(predictions: np.ndarray) -> float:
     return float(np.bincount(predictions).max() / predictions.size)
 
 
+def is_degenerate(predictions: np.ndarray) -> bool:
+    """Whether at least :data:`DEGENERATE_SHARE` of the predictions are one class."""
+    return predictions.size > 0 and dominant_share(predictions) >= DEGENERATE_SHARE
+
+
 def warn_if_degenerate(predictions: np.ndarray, classes: list[str], where: str) -> bool:
     """Log a loud warning when (nearly) every image gets the same class; return whether it did."""
-    share = dominant_share(predictions)
-    if share < DEGENERATE_SHARE:
+    if not is_degenerate(predictions):
         return False
+    share = dominant_share(predictions)
     top = classes[int(np.bincount(predictions).argmax())]
     log.warning(
         "!!! DEGENERATE MODEL (%s): %.1f%% of images are predicted as '%s'. The model has not "

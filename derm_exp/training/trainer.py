@@ -6,6 +6,7 @@ step. Plain function of a config, so tests call it without Hydra.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -15,6 +16,8 @@ from typing import Any
 
 import mlflow
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
@@ -22,21 +25,40 @@ from timm.utils import ModelEmaV3
 from derm_exp.data.metadata import CLASSES
 from derm_exp.data.sampling import class_weights
 from derm_exp.data.splits import save_splits
+from derm_exp.errors import StorageError
 from derm_exp.evaluation.metrics import classification_metrics, scalar_metrics
 from derm_exp.models.classifier import build_model
-from derm_exp.tracking.mlflow_run import loggable_params, run_url_hint, setup_experiment
+from derm_exp.tracking.mlflow_run import (
+    loggable_params,
+    redact_config,
+    run_url_hint,
+    setup_experiment,
+    sweep_group,
+)
+from derm_exp.tracking.registry import register_best_model
 from derm_exp.training import resume as resume_mod
-from derm_exp.training.checkpoint import rng_state, save_checkpoint, set_rng_state
+from derm_exp.training.checkpoint import (
+    copy_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from derm_exp.training.data_setup import Loaders, build_loaders, data_fingerprint, split_frame
 from derm_exp.training.final_report import final_report
 from derm_exp.training.hooks import TrialPruned, run_epoch_end_hooks
-from derm_exp.training.loop import StepContext, predict_logits, train_one_epoch
+from derm_exp.training.loop import (
+    NonFiniteLossError,
+    StepContext,
+    check_finite_weights,
+    predict_logits,
+    train_one_epoch,
+)
 from derm_exp.training.losses import build_criterion
 from derm_exp.training.mixing import build_mixup
 from derm_exp.training.runtime import resolve_device, resolve_precision, seed_everything
 from derm_exp.training.schedulers import BatchScheduler, build_scheduler
-from derm_exp.training.selection import Score, is_better
-from derm_exp.training.validate import validate_config
+from derm_exp.training.selection import Score, is_better, is_degenerate
+from derm_exp.training.validate import validate_config, validate_model
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "derm_exp.checkpoint/1"
@@ -78,6 +100,7 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
     split_paths = save_splits(frame, output_dir / "splits")
 
     model = build_model(cfg.model, num_classes=len(CLASSES), image_size=cfg.data.image_size)
+    validate_model(cfg, model)
     data_config = model.data_config
     mixup = build_mixup(cfg.augment, len(CLASSES))
     loaders = build_loaders(frame, cfg.data, cfg.augment, data_config, device)
@@ -127,12 +150,15 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
         "latest": output_dir / "checkpoint_latest.pt",
         "best": output_dir / "checkpoint_best.pt",
     }
-    if resumed is not None and resumed.best_path is not None:
-        # keep the best weights found before the interruption
-        paths["best"].write_bytes(Path(resumed.best_path).read_bytes())
+    if resumed is not None:
+        # The new output folder holds the run's whole state from the start: the best weights
+        # found before the interruption, and a resumable checkpoint even if no epoch is left.
+        for key, src in (("latest", resumed.checkpoint_path), ("best", resumed.best_path)):
+            if src is not None:
+                copy_checkpoint(src, paths[key])
     base = {
         "format": CHECKPOINT_FORMAT,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": redact_config(OmegaConf.to_container(cfg, resolve=True)),
         "classes": list(CLASSES),
         "data_config": data_config,
         "data_fingerprint": fingerprint,
@@ -163,7 +189,10 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
         )
         mlflow.log_artifact(str(paths["latest"]), "checkpoints")
         result = final_report(cfg, model, paths["best"], loaders, ctx, state.history)
+        _report_skipped_images(loaders)
         mlflow.log_artifact(str(paths["best"]), "checkpoints")
+        if cfg.registry.enabled:
+            register_best_model(cfg, run_id, paths["best"], history=state.history)
         status = "FINISHED"
         print(f"\nMLflow run id: {run_id}\n  {run_url_hint(run_id)}  (start the UI with `make ui`)")
         print(
@@ -178,17 +207,42 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
         mlflow.set_tag("derm_exp.pruned", "true")
         raise
     except KeyboardInterrupt:
+        # Ctrl-C: the partial epoch is dropped; the last completed epoch is on disk already
+        # (checkpoints are written atomically), so this is a safe point to stop.
         status = "KILLED"
-        if paths["latest"].is_file():
-            mlflow.log_artifact(str(paths["latest"]), "checkpoints")
-        log.warning(
-            "interrupted: latest checkpoint %s; continue with resume=%s",
-            paths["latest"],
-            run.info.run_id,
-        )
+        with contextlib.suppress(Exception):  # a broken store must not hide the hint below
+            if paths["latest"].is_file():
+                mlflow.log_artifact(str(paths["latest"]), "checkpoints")
+        log.warning("interrupted (run %s marked KILLED). %s", run.info.run_id, _recovery(paths))
         raise
+    except NonFiniteLossError as exc:
+        raise NonFiniteLossError(
+            f"{exc}. Lower optimizer.lr or set trainer.grad_clip_norm and start a new run. "
+            f"{_recovery(paths)}"
+        ) from exc
+    except (OSError, mlflow.exceptions.MlflowException) as exc:
+        raise StorageError(
+            f"writing run outputs failed ({exc.__class__.__name__}: {exc}). Free disk space / "
+            f"fix the artifact store {cfg.tracking.artifact_root} (or tracking.uri). "
+            f"{_recovery(paths)}"
+        ) from exc
     finally:
-        mlflow.end_run(status=status)
+        try:
+            mlflow.end_run(status=status)
+        except Exception as exc:  # the store itself may be what failed
+            log.warning("could not mark MLflow run %s as %s: %s", run.info.run_id, status, exc)
+
+
+def _recovery(paths: dict[str, Path]) -> str:
+    """Where the last good checkpoint is and the command that continues from it."""
+    latest = paths["latest"]
+    if not latest.is_file():
+        return "No epoch had completed: nothing to resume, rerun once fixed."
+    best = f"; best weights: {paths['best']}" if paths["best"].is_file() else ""
+    return (
+        f"Training state is safe: last good checkpoint {latest}{best}. Continue with: "
+        f"python -m derm_exp.train resume={latest}"
+    )
 
 
 def _run_tags(cfg: DictConfig, fingerprint: str, output_dir: Path) -> dict[str, Any]:
@@ -201,8 +255,14 @@ def _run_tags(cfg: DictConfig, fingerprint: str, output_dir: Path) -> dict[str, 
         "data_fingerprint": fingerprint,
         "derm_exp.checkpoint_dir": str(output_dir.resolve()),
         "mlflow.note.content": "Research/education only: not a medical device.",
+        "derm_exp.kind": "training",
     }
     tags.update(OmegaConf.to_container(cfg.tracking.tags, resolve=True))
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and "group" not in tags:
+        # One id for every job of a multirun (the sweep folder is shared, also under joblib):
+        # filter them in `mlflow ui` with tags.group = '<date>/<time>'.
+        tags["group"] = sweep_group(HydraConfig.get().sweep.dir)
     return tags
 
 
@@ -218,6 +278,17 @@ def _make_optimizer(
         overrides["lr"] = cfg.trainer.finetune_lr
     optimizer = instantiate(cfg.optimizer, **overrides)(params)
     return optimizer, build_scheduler(cfg.scheduler, optimizer, epochs, steps)
+
+
+def compile_for_training(model: torch.nn.Module, setting: bool | str) -> torch.nn.Module:
+    """``trainer.compile``: false | true | a torch.compile mode (default, reduce-overhead,
+    max-autotune). Only the training forward/backward is compiled; validation, EMA and
+    checkpoints keep using ``model`` itself, so state_dict keys never gain ``_orig_mod.``."""
+    if setting in (False, None, "false", "off"):
+        return model
+    mode = None if setting in (True, "true", "default") else str(setting)
+    log.info("torch.compile(mode=%s) for training; the first steps include compilation", mode)
+    return torch.compile(model, mode=mode)
 
 
 def _train_epochs(
@@ -242,6 +313,7 @@ def _train_epochs(
     optimizer = scheduler = None
     current_stage = None
     budget = trainer.max_time_minutes * 60 if trainer.max_time_minutes else None
+    train_model = compile_for_training(model, trainer.get("compile", False))
     if resumed is not None:
         set_rng_state(resumed.checkpoint["rng"])
     for epoch in range(state.epoch, max_epochs):
@@ -255,13 +327,13 @@ def _train_epochs(
             ck = resumed.checkpoint if resumed is not None else None
             if ck is not None and ck["stage"] == stage and epoch == state.epoch:
                 optimizer.load_state_dict(ck["optimizer"])
-                scheduler.load_state_dict(ck["scheduler"])
+                scheduler.fast_forward((epoch - stage_start) * steps)
             current_stage = stage
         # Reseed per epoch: an epoch's order and augmentation do not depend on earlier epochs.
         loaders.generator.manual_seed(int(cfg.seed) * 100_003 + epoch)
         torch.manual_seed(int(cfg.seed) * 7_919 + epoch)
         train = train_one_epoch(
-            model,
+            train_model,
             loaders.train,
             criterion,
             optimizer,
@@ -274,6 +346,7 @@ def _train_epochs(
             ema=ema,
             desc=f"epoch {epoch + 1}/{max_epochs}",
         )
+        check_finite_weights(model, epoch + 1)  # never score or save NaN weights
         chosen, metrics = _validate(cfg, model, ema, loaders, ctx, epoch)
         lr = optimizer.param_groups[0]["lr"]
         row = {
@@ -282,7 +355,8 @@ def _train_epochs(
             "lr": lr,
             **metrics,
         }
-        mlflow.log_metrics(row, step=epoch + 1)
+        skipped = float(len(_skipped_images(loaders)))
+        mlflow.log_metrics({**row, "data/skipped_images": skipped}, step=epoch + 1)
         for k, v in row.items():
             state.history[k].append(float(v))
         state.history["epoch"].append(float(epoch + 1))
@@ -310,7 +384,6 @@ def _train_epochs(
                 "model": model.state_dict(),
                 "ema": ema.state_dict() if ema else None,
                 "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler else None,
                 "stage": stage,
                 "epoch": epoch,
@@ -351,6 +424,30 @@ def _train_epochs(
             break
 
 
+def _skipped_images(loaders: Loaders) -> list[str]:
+    """Unreadable images skipped so far under ``data.on_bad_image=skip`` (every split)."""
+    return [
+        str(p)
+        for dl in (loaders.train, loaders.val, loaders.test)
+        for p in getattr(dl.dataset, "bad_images", [])
+    ]
+
+
+def _report_skipped_images(loaders: Loaders) -> None:
+    """After training: warn about skipped images, tag the run with their count, log the list."""
+    bad = _skipped_images(loaders)
+    mlflow.set_tag("derm_exp.skipped_images", len(bad))
+    if bad:
+        mlflow.log_text("\n".join(bad) + "\n", "data/skipped_images.txt")
+        shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        log.warning(
+            "%d unreadable image(s) were skipped (data.on_bad_image=skip): %s. Check the dataset "
+            "with `python -m derm_exp.prepare_data`, or set data.on_bad_image=error to stop.",
+            len(bad),
+            shown,
+        )
+
+
 def _validate(cfg, model, ema, loaders: Loaders, ctx, epoch: int) -> tuple[Score, dict]:
     """Score raw (and EMA) weights on the validation split; return the better and its metrics."""
     candidates = {"raw": model}
@@ -369,7 +466,8 @@ def _validate(cfg, model, ema, loaders: Loaders, ctx, epoch: int) -> tuple[Score
                 f"trainer.monitor={cfg.trainer.monitor!r} is not a validation metric; choose one "
                 f"of {', '.join(sorted(metrics))}"
             )
-        results[name] = (Score(value, flat["loss"], name, epoch), metrics)
+        constant = is_degenerate(logits.argmax(1))
+        results[name] = (Score(value, flat["loss"], name, epoch, constant), metrics)
     chosen_name = "raw"
     if "ema" in results and is_better(
         results["ema"][0], results["raw"][0], cfg.trainer.monitor_mode
