@@ -1,0 +1,61 @@
+"""Data-loading throughput: the same images and transform, decoded from JPEG vs from the cache."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from derm_exp.perf.timing import median, sync
+from derm_exp.training.data_setup import make_dataset, make_loader
+
+
+def loader_throughput(
+    frame: pd.DataFrame,
+    transform: Any,
+    data_cfg: DictConfig,
+    *,
+    cached: bool,
+    batch_size: int,
+    passes: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Images per second over full passes of the training data path (``data.num_workers``
+    persistent workers, uint8 batches finished on ``device``), after one untimed pass (worker
+    start-up, page cache). Building the cache is timed separately (``build_s``)."""
+    start = time.perf_counter()
+    dataset, finish = make_dataset(frame, transform, data_cfg, cache=cached)
+    build_s = time.perf_counter() - start
+    if cached and dataset.images is None:
+        raise RuntimeError("the transform cannot be served from the cache (no leading resize)")
+    workers = int(data_cfg.num_workers)
+    loader = make_loader(
+        dataset,
+        finish,
+        device,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+    )
+    rates = []
+    for i in range(passes + 1):
+        start = time.perf_counter()
+        n = sum(len(labels) for _, labels in loader)
+        sync(device)
+        if i:  # pass 0 is the warm-up
+            rates.append(n / (time.perf_counter() - start))
+    out: dict[str, Any] = {"img_s": median(rates), "img_s_passes": rates, "images": len(dataset)}
+    if cached:
+        cache = dataset.images
+        out |= {
+            "build_s": build_s,
+            "cache_bytes": cache.nbytes,
+            "cache_bytes_per_image": cache.nbytes / max(1, len(cache)),
+            "cache_resize": cache.meta["spec"],
+        }
+    return out

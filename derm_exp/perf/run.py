@@ -1,0 +1,233 @@
+"""The benchmark run: build the model and data as training does, run the sections, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, open_dict
+
+from derm_exp.data.metadata import CLASSES, load_metadata
+from derm_exp.data.synthetic import resolve_data_root
+from derm_exp.data.transforms import build_eval_transform, build_train_transform
+from derm_exp.models.classifier import build_model
+from derm_exp.perf import inference, report, training
+from derm_exp.perf.loader import loader_throughput
+from derm_exp.perf.settings import check_benchmark_config
+from derm_exp.perf.timing import environment, peak_memory
+from derm_exp.training.data_setup import build_loaders, split_frame
+from derm_exp.training.runtime import resolve_device, resolve_precision, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+def loader_section(cfg: DictConfig, data_config: dict, device: torch.device) -> dict[str, Any]:
+    """JPEG vs cache, for the training transform (cfg.augment) and the eval transform."""
+    frame = load_metadata(resolve_data_root(cfg.data), cfg.data.metadata_file)
+    if cfg.benchmark.loader_images:
+        frame = frame.head(int(cfg.benchmark.loader_images))
+    frame = frame.reset_index(drop=True)
+    out: dict[str, Any] = {
+        "images": len(frame),
+        "workers": int(cfg.data.num_workers),
+        "batch_size": int(cfg.data.batch_size),
+        "augment": str(cfg.augment.name),
+    }
+    transforms = {
+        "train": build_train_transform(cfg.augment, data_config),
+        "eval": build_eval_transform(data_config),
+    }
+    for name, transform in transforms.items():
+        runs = {
+            kind: loader_throughput(
+                frame,
+                transform,
+                cfg.data,
+                cached=kind == "cached",
+                batch_size=int(cfg.data.batch_size),
+                passes=int(cfg.benchmark.loader_passes),
+                device=device,
+            )
+            for kind in ("jpeg", "cached")
+        }
+        out[name] = {
+            "jpeg_img_s": runs["jpeg"]["img_s"],
+            "cached_img_s": runs["cached"]["img_s"],
+            "cached_over_jpeg": runs["cached"]["img_s"] / runs["jpeg"]["img_s"],
+            **runs,
+        }
+    train_cache = out["train"]["cached"]
+    out["cache"] = {
+        "build_s": train_cache["build_s"],
+        "build_img_s": len(frame) / train_cache["build_s"],
+        "bytes_per_image": train_cache["cache_bytes_per_image"],
+        "train_resize": train_cache["cache_resize"],
+        "eval_bytes_per_image": out["eval"]["cached"]["cache_bytes_per_image"],
+        "eval_resize": out["eval"]["cached"]["cache_resize"],
+        "note": "build_s includes hashing every file (data.cache_key) and decoding it once",
+    }
+    return out
+
+
+def train_section(
+    cfg: DictConfig, model: torch.nn.Module, device: torch.device, precision: Any, size: int
+) -> dict[str, Any]:
+    """Step breakdown on synthetic tensors, then the trainer's loop fed by synthetic tensors
+    (before and after, averaged) and by the real training loader for each worker count."""
+    b = cfg.benchmark
+    warmup, batches = int(b.warmup), int(b.batches)
+    parts = training.build_train_parts(cfg, model, device, precision)
+    batch = training.synthetic_batch(int(cfg.data.batch_size), size)
+    step = training.step_breakdown(parts, batch, max(1, warmup), batches)
+    synthetic = [training.loop_throughput(parts, training.repeat_batch(batch), warmup, batches)]
+    frame = split_frame(cfg.data)
+    configured = int(cfg.data.num_workers)
+    counts = [configured] + [int(w) for w in b.get("real_loader_workers") or [] if w != configured]
+    real: dict[int, float] = {}
+    cached = False
+    for workers in counts:
+        data_cfg = cfg.data.copy()
+        data_cfg.num_workers = workers
+        loaders = build_loaders(frame, data_cfg, cfg.augment, model.data_config, device)
+        cached = cached or loaders.train.dataset.images is not None
+        train_loader = loaders.train
+        run = training.loop_throughput(parts, lambda: train_loader, warmup, batches)  # noqa: B023
+        real[workers] = run["img_s"]
+    synthetic.append(training.loop_throughput(parts, training.repeat_batch(batch), warmup, batches))
+    synthetic_img_s = sum(r["img_s"] for r in synthetic) / len(synthetic)
+    return {
+        "batch_size": int(cfg.data.batch_size),
+        "workers": configured,
+        "cached": cached,
+        "optimizer": {
+            "name": type(parts.optimizer).__name__,
+            "foreach": parts.optimizer.defaults.get("foreach"),
+            "fused": parts.optimizer.defaults.get("fused"),
+        },
+        "step": step,
+        "synthetic_img_s": synthetic_img_s,
+        "synthetic_img_s_before_after": [r["img_s"] for r in synthetic],
+        "real_loader_img_s": real[configured],
+        "real_over_synthetic": real[configured] / synthetic_img_s,
+        "real_loader_img_s_by_workers": {str(w): v for w, v in real.items()},
+        "real_over_synthetic_by_workers": {str(w): v / synthetic_img_s for w, v in real.items()},
+    }
+
+
+def inference_section(
+    cfg: DictConfig, model: torch.nn.Module, device: torch.device, precision: Any, size: int
+) -> dict[str, Any]:
+    b = cfg.benchmark
+    out = inference.model_latencies(
+        model,
+        size,
+        int(cfg.data.eval_batch_size),
+        list(cfg.tta.views),
+        precision,
+        device,
+        int(b.warmup),
+        int(b.repeats),
+    )
+    out["amp_check"] = inference.amp_agreement(
+        model, size, int(cfg.data.batch_size), precision, device
+    )
+    return out
+
+
+def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Run ``cfg.benchmark.sections``; write ``benchmark.json`` to ``output_dir``; print a table."""
+    sections = check_benchmark_config(cfg)
+    seed_everything(int(cfg.seed))
+    if cfg.benchmark.get("threads"):
+        torch.set_num_threads(int(cfg.benchmark.threads))
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.trainer.amp, device)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    fresh = bool(cfg.benchmark.fresh_cache)
+    cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=output_dir)) if fresh else None
+    if cache_dir is not None:
+        with open_dict(cfg):
+            cfg.data.cache_dir = str(cache_dir)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        model = build_model(cfg.model, num_classes=len(CLASSES), image_size=cfg.data.image_size)
+        size = int(model.data_config["input_size"][-1])
+        result: dict[str, Any] = {
+            "format": report.FORMAT,
+            "environment": environment(device),
+            "config": {
+                "model": str(cfg.model.name),
+                "head": str(cfg.model.head._target_).rsplit(".", 1)[-1],
+                "image_size": size,
+                "batch_size": int(cfg.data.batch_size),
+                "eval_batch_size": int(cfg.data.eval_batch_size),
+                "num_workers": int(cfg.data.num_workers),
+                "augment": str(cfg.augment.name),
+                "amp": str(precision.dtype).removeprefix("torch.") if precision.dtype else "off",
+                "channels_last": bool(cfg.trainer.channels_last),
+                "compile": str(cfg.trainer.get("compile", False)),
+                "data_root": str(resolve_data_root(cfg.data)),
+                "cache": bool(cfg.data.cache),
+                "cache_scale": float(cfg.data.cache_scale),
+                "warmup": int(cfg.benchmark.warmup),
+                "batches": int(cfg.benchmark.batches),
+                "repeats": int(cfg.benchmark.repeats),
+                "sections": sections,
+            },
+        }
+        if "loader" in sections:
+            log.info("benchmark: data loading (JPEG vs cache)")
+            result["loader"] = loader_section(cfg, model.data_config, device)
+        if "train" in sections:
+            log.info("benchmark: training step and loop")
+            result["train"] = train_section(cfg, model, device, precision, size)
+        if "inference" in sections:
+            log.info("benchmark: inference")
+            result["inference"] = inference_section(cfg, model, device, precision, size)
+            result["forward"] = {
+                "batch_size": result["inference"]["batch_size"],
+                "img_s": result["inference"]["batch_img_s"],
+            }
+            result["predictor"] = _predictor(cfg, model, device)
+        result["memory"] = peak_memory(device)
+        if "train" in result and "forward" in result:
+            result["epoch_estimate"] = report.epoch_estimate(
+                int(cfg.benchmark.dataset_images),
+                float(cfg.data.val_fraction),
+                float(cfg.data.test_fraction),
+                result["train"]["real_loader_img_s"],
+                result["forward"]["img_s"],
+                2 if cfg.trainer.ema.enabled else 1,
+            )
+    finally:
+        if cache_dir is not None:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+    path = output_dir / "benchmark.json"
+    path.write_text(json.dumps(result, indent=2, default=str))
+    print(report.table(result))
+    print(f"\nbenchmark JSON: {path}")
+    if cfg.mlflow.enabled:
+        run_id = report.log_to_mlflow(result, cfg.tracking, str(path))
+        print(f"MLflow run id: {run_id} (experiment {cfg.tracking.experiment_name})")
+    return result
+
+
+def _predictor(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+    paths = load_metadata(resolve_data_root(cfg.data), cfg.data.metadata_file)["path"]
+    b = cfg.benchmark
+    return inference.predictor_latencies(
+        model,
+        model.data_config,
+        [str(p) for p in paths[: int(cfg.data.eval_batch_size)]],
+        str(cfg.tta.mode),
+        int(b.ensemble_members),
+        device,
+        int(b.warmup),
+        int(b.repeats),
+    )

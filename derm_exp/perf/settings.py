@@ -1,0 +1,24 @@
+"""Benchmark settings check: cheap (no torch import), so mistakes are reported at once."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from derm_exp.training.validate import ConfigError
+
+SECTIONS = ("loader", "train", "inference")
+
+
+def check_benchmark_config(cfg: DictConfig) -> list[str]:
+    """The sections to run; :class:`ConfigError` for unknown sections or too-small counts."""
+    b = cfg.benchmark
+    sections = [str(s) for s in b.sections]
+    problems = [f"unknown section {s!r}" for s in sections if s not in SECTIONS]
+    for key in ("warmup", "batches", "loader_passes", "repeats"):
+        if int(b[key]) < (0 if key == "warmup" else 1):
+            problems.append(f"benchmark.{key}={b[key]} is too small")
+    if problems:
+        raise ConfigError(
+            "invalid benchmark configuration: " + "; ".join(problems) + f" (sections: {SECTIONS})"
+        )
+    return sections

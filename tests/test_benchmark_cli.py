@@ -1,0 +1,126 @@
+"""``python -m derm_exp.benchmark`` end to end on a tiny model, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Every figure the report promises (dotted paths into benchmark.json), numbers > 0.
+FIGURES = [
+    "loader.train.jpeg_img_s",
+    "loader.train.cached_img_s",
+    "loader.train.cached_over_jpeg",
+    "loader.eval.jpeg_img_s",
+    "loader.eval.cached_img_s",
+    "loader.eval.cached_over_jpeg",
+    "loader.cache.build_s",
+    "loader.cache.bytes_per_image",
+    "loader.cache.eval_bytes_per_image",
+    "train.step.forward_ms",
+    "train.step.backward_ms",
+    "train.step.optimizer_ms",
+    "train.step.ema_ms",
+    "train.step.total_ms",
+    "train.step.img_s",
+    "train.step.first_step_s",
+    "train.synthetic_img_s",
+    "train.real_loader_img_s",
+    "train.real_over_synthetic",
+    "forward.img_s",
+    "inference.single_ms",
+    "inference.batch_ms",
+    "inference.batch_img_s",
+    "inference.tta_batched_ms",
+    "inference.tta_serial_ms",
+    "predictor.single_ms",
+    "predictor.tta_ms",
+    "predictor.batch_img_s",
+    "predictor.ensemble_single_ms",
+    "predictor.ensemble_tta_ms",
+    "memory.peak_rss_mb",
+    "epoch_estimate.train_s",
+    "epoch_estimate.val_s",
+    "epoch_estimate.total_s",
+]
+
+
+def run_benchmark(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "derm_exp.benchmark", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def lookup(tree: dict, dotted: str):
+    for key in dotted.split("."):
+        tree = tree[key]
+    return tree
+
+
+def test_benchmark_runs_end_to_end_and_reports_every_figure(demo_data: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    proc = run_benchmark(
+        "model=tiny",
+        "data.image_size=32",
+        f"data.root={demo_data}",
+        "data.num_workers=0",
+        "data.eval_batch_size=8",
+        "device=cpu",
+        "benchmark.batches=2",
+        "benchmark.warmup=1",
+        "benchmark.repeats=2",
+        "benchmark.loader_passes=1",
+        "benchmark.loader_images=48",
+        "benchmark.threads=1",
+        "mlflow.enabled=true",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"tracking.artifact_root={tmp_path}/mlruns",
+        f"hydra.run.dir={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "benchmark.json").read_text())
+    for figure in FIGURES:
+        value = lookup(result, figure)
+        assert isinstance(value, int | float) and value > 0, (figure, value)
+    assert result["config"]["model"] == "test_efficientnet" and result["config"]["image_size"] == 32
+    assert result["loader"]["images"] == 48 and result["train"]["cached"] is True
+    assert result["inference"]["tta_views"] == 8  # tta=medium: the 8 symmetries
+    assert result["epoch_estimate"]["train_images"] == 7010
+    assert "real / synthetic" in proc.stdout and str(out / "benchmark.json") in proc.stdout
+    assert not list(out.glob("cache-*")), "the fresh cache is removed afterwards"
+    assert "MLflow run id:" in proc.stdout
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("derm_exp_benchmark").experiment_id])
+    assert run.data.tags["derm_exp.kind"] == "benchmark"
+    assert run.data.metrics["train.real_over_synthetic"] == pytest.approx(
+        result["train"]["real_over_synthetic"]
+    )
+
+
+def test_benchmark_reports_config_mistakes_without_traceback(tmp_path: Path) -> None:
+    proc = run_benchmark("benchmark.sections=[loader,gpu]", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert "unknown section 'gpu'" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_benchmark("benchmark.batchez=3")
+    assert proc.returncode == 2 and "batchez" in proc.stderr
+
+
+def test_benchmark_help_lists_usage() -> None:
+    proc = run_benchmark("--help")
+    assert proc.returncode == 0
+    assert "derm_exp.benchmark" in proc.stdout and "benchmark.json" in proc.stdout
