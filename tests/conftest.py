@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ from omegaconf import DictConfig, open_dict
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests (and the CLIs they start) never write the project's decoded-image cache.
+os.environ["DERM_EXP_CACHE_DIR"] = tempfile.mkdtemp(prefix="derm_exp_test_cache_")
 
 from derm_exp.config import CONF_DIR, normalize_overrides  # noqa: E402
 

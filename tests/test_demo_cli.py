@@ -39,6 +39,7 @@ def test_demo_job_generates_data_and_logs_a_run(tmp_path: Path) -> None:
         [
             "experiment=demo",
             "trainer.max_epochs=1",
+            "evaluation.n_boot=0",
             "data.num_workers=0",
             f"data.demo.dir={tmp_path / 'demo'}",
             "data.demo.n_images=120",

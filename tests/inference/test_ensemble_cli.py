@@ -69,6 +69,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Sweep:
             "data.eval_batch_size=64",
             "data.num_workers=0",
             "trainer.max_epochs=1",
+            "evaluation.n_boot=0",
             "device=cpu",
             *done.store(),
             f"hydra.sweep.dir={root / 'sweep'}",

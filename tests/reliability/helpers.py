@@ -22,6 +22,7 @@ TINY = [
     "device=cpu",
     "registry.enabled=false",
     "tta=none",
+    "evaluation.n_boot=0",
 ]
 
 

@@ -42,6 +42,7 @@ def _sweep(tmp: Path, data: Path, *extra: str) -> subprocess.CompletedProcess[st
         "model=tiny",
         "data.image_size=32",
         "trainer.max_epochs=2",
+        "evaluation.n_boot=0",
         "trainer.ema.enabled=false",
         "data.num_workers=0",
         "device=cpu",
