@@ -77,3 +77,16 @@ def test_experiment_demo_is_a_small_diff() -> None:
     cfg = compose_train(["experiment=demo"])
     assert cfg.model.name == "test_efficientnet"
     assert cfg.data.image_size == 64
+
+
+@pytest.mark.parametrize(
+    "experiment",
+    [
+        p.stem
+        for p in sorted((CONF_DIR / "experiment").glob("*.yaml"))
+        if p.stem != "demo" and not p.stem.startswith("best_")
+    ],
+)
+def test_every_experiment_composes(experiment: str) -> None:
+    cfg = compose_train([f"experiment={experiment}"])
+    OmegaConf.to_container(cfg, resolve=True)
