@@ -25,7 +25,11 @@ def loader_throughput(
 ) -> dict[str, Any]:
     """Images per second over full passes of the training data path (``data.num_workers``
     persistent workers, uint8 batches finished on ``device``), after one untimed pass (worker
-    start-up, page cache). Building the cache is timed separately (``build_s``)."""
+    start-up, page cache). Building the cache is timed separately (``build_s``).
+
+    ``cpu_ms_per_image`` is the CPU time of one extra pass in this process (no workers): the
+    work per image, which, unlike wall-clock rates, does not depend on other load.
+    """
     start = time.perf_counter()
     dataset, finish = make_dataset(frame, transform, data_cfg, cache=cached)
     build_s = time.perf_counter() - start
@@ -49,7 +53,17 @@ def loader_throughput(
         sync(device)
         if i:  # pass 0 is the warm-up
             rates.append(n / (time.perf_counter() - start))
-    out: dict[str, Any] = {"img_s": median(rates), "img_s_passes": rates, "images": len(dataset)}
+    del loader  # stops persistent workers
+    in_process = make_loader(dataset, finish, device, batch_size=batch_size, shuffle=False)
+    cpu = time.process_time()
+    n = sum(len(labels) for _, labels in in_process)
+    sync(device)
+    out: dict[str, Any] = {
+        "img_s": median(rates),
+        "img_s_passes": rates,
+        "images": len(dataset),
+        "cpu_ms_per_image": (time.process_time() - cpu) * 1000 / n,
+    }
     if cached:
         cache = dataset.images
         out |= {

@@ -59,6 +59,10 @@ def loader_section(cfg: DictConfig, data_config: dict, device: torch.device) -> 
             "jpeg_img_s": runs["jpeg"]["img_s"],
             "cached_img_s": runs["cached"]["img_s"],
             "cached_over_jpeg": runs["cached"]["img_s"] / runs["jpeg"]["img_s"],
+            "jpeg_cpu_ms_per_image": runs["jpeg"]["cpu_ms_per_image"],
+            "cached_cpu_ms_per_image": runs["cached"]["cpu_ms_per_image"],
+            "cached_over_jpeg_cpu": runs["jpeg"]["cpu_ms_per_image"]
+            / runs["cached"]["cpu_ms_per_image"],
             **runs,
         }
     train_cache = out["train"]["cached"]
@@ -88,7 +92,7 @@ def train_section(
     frame = split_frame(cfg.data)
     configured = int(cfg.data.num_workers)
     counts = [configured] + [int(w) for w in b.get("real_loader_workers") or [] if w != configured]
-    real: dict[int, float] = {}
+    real: dict[int, dict[str, Any]] = {}
     cached = False
     for workers in counts:
         data_cfg = cfg.data.copy()
@@ -96,10 +100,15 @@ def train_section(
         loaders = build_loaders(frame, data_cfg, cfg.augment, model.data_config, device)
         cached = cached or loaders.train.dataset.images is not None
         train_loader = loaders.train
-        run = training.loop_throughput(parts, lambda: train_loader, warmup, batches)  # noqa: B023
-        real[workers] = run["img_s"]
+        real[workers] = training.loop_throughput(
+            parts,
+            lambda: train_loader,  # noqa: B023 (consumed right here)
+            warmup,
+            batches,
+        )
     synthetic.append(training.loop_throughput(parts, training.repeat_batch(batch), warmup, batches))
     synthetic_img_s = sum(r["img_s"] for r in synthetic) / len(synthetic)
+    synthetic_cpu = sum(r["cpu_ms_per_image"] for r in synthetic) / len(synthetic)
     return {
         "batch_size": int(cfg.data.batch_size),
         "workers": configured,
@@ -112,10 +121,17 @@ def train_section(
         "step": step,
         "synthetic_img_s": synthetic_img_s,
         "synthetic_img_s_before_after": [r["img_s"] for r in synthetic],
-        "real_loader_img_s": real[configured],
-        "real_over_synthetic": real[configured] / synthetic_img_s,
-        "real_loader_img_s_by_workers": {str(w): v for w, v in real.items()},
-        "real_over_synthetic_by_workers": {str(w): v / synthetic_img_s for w, v in real.items()},
+        "synthetic_cpu_ms_per_image": synthetic_cpu,
+        "real_loader_img_s": real[configured]["img_s"],
+        "real_over_synthetic": real[configured]["img_s"] / synthetic_img_s,
+        "real_loader_img_s_by_workers": {str(w): r["img_s"] for w, r in real.items()},
+        "real_over_synthetic_by_workers": {
+            str(w): r["img_s"] / synthetic_img_s for w, r in real.items()
+        },
+        # CPU time of the main process per image; with 0 workers it includes all data loading.
+        "real_loader_cpu_ms_per_image_by_workers": {
+            str(w): r["cpu_ms_per_image"] for w, r in real.items()
+        },
     }
 
 

@@ -143,6 +143,7 @@ class _CountedBatches:
     ) -> None:
         self.make_iter, self.warmup, self.timed, self.device = make_iter, warmup, timed, device
         self.started: float | None = None
+        self.cpu_started: float | None = None
         self.images = 0
 
     def __len__(self) -> int:  # train_one_epoch's progress bar asks
@@ -154,6 +155,7 @@ class _CountedBatches:
             if i == self.warmup:
                 sync(self.device)
                 self.started = time.perf_counter()
+                self.cpu_started = time.process_time()
             try:
                 batch = next(source)
             except StopIteration:
@@ -168,7 +170,11 @@ def loop_throughput(
     parts: TrainParts, batches: Callable[[], Iterable], warmup: int, timed: int
 ) -> dict[str, Any]:
     """Images per second of the trainer's ``train_one_epoch`` over ``timed`` batches (after
-    ``warmup``), data loading included: the time a real epoch takes per image."""
+    ``warmup``), data loading included: the time a real epoch takes per image.
+
+    ``cpu_ms_per_image``: CPU time of this process (all its threads; DataLoader workers not
+    included) per image.
+    """
     p = parts
     source = _CountedBatches(lambda: iter(batches()), warmup, timed, p.ctx.device)
     train_one_epoch(
@@ -187,7 +193,13 @@ def loop_throughput(
     )
     sync(p.ctx.device)
     elapsed = time.perf_counter() - source.started
-    return {"img_s": source.images / elapsed, "seconds": elapsed, "batches": timed}
+    cpu = time.process_time() - source.cpu_started
+    return {
+        "img_s": source.images / elapsed,
+        "cpu_ms_per_image": cpu * 1000 / source.images,
+        "seconds": elapsed,
+        "batches": timed,
+    }
 
 
 def repeat_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> Callable[[], Iterable]:
