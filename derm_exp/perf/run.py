@@ -16,7 +16,7 @@ from derm_exp.data.metadata import CLASSES, load_metadata
 from derm_exp.data.synthetic import resolve_data_root
 from derm_exp.data.transforms import build_eval_transform, build_train_transform
 from derm_exp.models.classifier import build_model
-from derm_exp.perf import inference, report, training
+from derm_exp.perf import compare, inference, report, training
 from derm_exp.perf.loader import loader_throughput
 from derm_exp.perf.settings import check_benchmark_config
 from derm_exp.perf.timing import environment, peak_memory
@@ -155,6 +155,23 @@ def inference_section(
     return out
 
 
+def compare_section(
+    cfg: DictConfig, model: torch.nn.Module, device: torch.device, size: int
+) -> dict[str, Any]:
+    """Interleaved A/B timings: fp32 vs bf16 autocast, AdamW implementations, torch.compile."""
+    b = cfg.benchmark
+    rounds = int(b.compare_rounds)
+    model.to(device, memory_format=torch.channels_last)
+    batch = training.synthetic_batch(int(cfg.data.batch_size), size)
+    out = {
+        "amp": compare.compare_amp(model, batch, device, rounds),
+        "adamw": compare.compare_adamw(model, device, rounds, cfg.trainer.grad_clip_norm),
+    }
+    if b.compare_compile:
+        out["compile"] = compare.compare_compile(model, batch, device, rounds)
+    return out
+
+
 def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Run ``cfg.benchmark.sections``; write ``benchmark.json`` to ``output_dir``; print a table."""
     sections = check_benchmark_config(cfg)
@@ -211,6 +228,9 @@ def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 "img_s": result["inference"]["batch_img_s"],
             }
             result["predictor"] = _predictor(cfg, model, device)
+        if "compare" in sections:
+            log.info("benchmark: option comparisons (AMP, AdamW, compile)")
+            result["compare"] = compare_section(cfg, model, device, size)
         result["memory"] = peak_memory(device)
         if "train" in result and "forward" in result:
             result["epoch_estimate"] = report.epoch_estimate(

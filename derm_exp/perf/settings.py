@@ -6,7 +6,7 @@ from omegaconf import DictConfig
 
 from derm_exp.training.validate import ConfigError
 
-SECTIONS = ("loader", "train", "inference")
+SECTIONS = ("loader", "train", "inference", "compare")
 
 
 def check_benchmark_config(cfg: DictConfig) -> list[str]:
