@@ -120,7 +120,11 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[tuple[Path, dict[st
     except ValueError as exc:
         raise PredictionInputError(str(exc)) from None
     predictor = SkinLesionPredictor.from_ref(
-        str(cfg.model_ref), cfg.tracking.uri, device=cfg.device, calibrate=bool(cfg.calibrate)
+        str(cfg.model_ref),
+        cfg.tracking.uri,
+        device=cfg.device,
+        calibrate=bool(cfg.calibrate),
+        amp=str(cfg.amp),
     )
     single = Path(cfg.image).expanduser().is_file()
     found = predictor.iter_predictions(

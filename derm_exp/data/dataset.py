@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from derm_exp.data.metadata import DataValidationError
@@ -150,6 +151,31 @@ class LesionDataset(Dataset):
 _ELEMENTWISE = (v2.ToDtype, v2.Normalize, v2.ToPureTensor)
 
 
+def _float_target(op: Any, images: Any) -> torch.dtype | None:
+    """The float dtype a ``ToDtype(scale=True)`` turns uint8 ``images`` into, else None."""
+    dtype = op.dtype.get(tv_tensors.Image) if isinstance(op.dtype, dict) else op.dtype
+    first = images[0] if isinstance(images, list | tuple) else images
+    ok = op.scale and first.dtype == torch.uint8 and dtype is not None and dtype.is_floating_point
+    return dtype if ok else None
+
+
+def _new_batch(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, shared: bool
+) -> torch.Tensor:
+    """An empty channels-last (B, C, H, W) tensor; in shared memory when ``shared``.
+
+    A DataLoader worker otherwise copies every returned tensor into shared memory;
+    allocating it there directly (as torch's ``default_collate`` does) saves that copy.
+    """
+    b, c, h, w = shape
+    strides = (c * h * w, 1, w * c, c)  # channels-last: what the model consumes
+    if not shared:
+        return torch.empty_strided(shape, strides, dtype=dtype, device=device)
+    nbytes = b * c * h * w * torch.empty(0, dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(nbytes)
+    return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
+
+
 class BatchTransform:
     """The float part of a transform, run on a whole (B, 3, H, W) uint8 batch at once.
 
@@ -157,26 +183,56 @@ class BatchTransform:
     numbers as per image at a fraction of the cost, on whatever device the batch is on; random
     ops (e.g. ``RandomErasing``) still draw their own parameters for every image. Calling the
     object on a list of ``(image, label)`` samples makes it a ``collate_fn``.
+
+    The uint8 -> float conversion writes into one new channels-last buffer (the layout the
+    models run in) and ``Normalize`` then works in place on it: the same operations, in the same
+    order, as torchvision's ``to_dtype`` and ``normalize``, hence bit-identical results, without
+    their temporary copies (this halves the cost of this step on a CPU).
     """
 
     def __init__(self, ops: Sequence[Callable[[Any], Any]]) -> None:
         self.ops = list(ops)
 
-    def apply(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, 3, H, W) -> the transform's output for every image, stacked."""
+    def apply(
+        self, images: torch.Tensor | Sequence[torch.Tensor], shared: bool = False
+    ) -> torch.Tensor:
+        """uint8 (B, 3, H, W), or a list of (3, H, W), -> the transform's output for every
+        image, stacked; ``shared`` puts the float batch in shared memory (for a worker)."""
+        x: Any = images
+        owned = False  # x is a buffer of ours: in-place ops are safe
         for op in self.ops:
-            if isinstance(op, _ELEMENTWISE):
-                images = op(images)
+            dtype = _float_target(op, x) if isinstance(op, v2.ToDtype) else None
+            if dtype is not None:
+                first = x[0]
+                out = _new_batch((len(x), *first.shape), dtype, first.device, shared)
+                if isinstance(x, torch.Tensor):
+                    out.copy_(x)
+                else:
+                    for dst, src in zip(out, x, strict=True):
+                        dst.copy_(src)
+                x, owned = out.mul_(1.0 / torch.iinfo(torch.uint8).max), True
+            elif isinstance(op, v2.Normalize) and owned:
+                v2.functional.normalize(x, op.mean, op.std, inplace=True)
+            elif isinstance(op, _ELEMENTWISE):
+                x = op(x if isinstance(x, torch.Tensor) else torch.stack(list(x)))
+            elif owned:  # per image, written back into our buffer
+                for i in range(len(x)):
+                    res = torch.as_tensor(op(x[i]))
+                    if res.data_ptr() != x[i].data_ptr():
+                        x[i].copy_(res)
             else:
-                images = torch.stack([torch.as_tensor(op(img)) for img in images])
-        return images.as_subclass(torch.Tensor)
+                x = torch.stack([torch.as_tensor(op(img)) for img in x])
+        if not isinstance(x, torch.Tensor):
+            x = torch.stack(list(x))
+        return x.as_subclass(torch.Tensor)
 
     def __call__(
         self, batch: Sequence[tuple[torch.Tensor, int]]
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.stack([torch.as_tensor(x) for x, _ in batch])
+        images = [torch.as_tensor(x) for x, _ in batch]
         labels = torch.tensor([int(y) for _, y in batch], dtype=torch.int64)
-        return self.apply(images), labels
+        in_worker = torch.utils.data.get_worker_info() is not None
+        return self.apply(images, shared=in_worker), labels
 
 
 def split_batch_transform(transform: Any) -> tuple[Any, BatchTransform | None]:

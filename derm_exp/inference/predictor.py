@@ -38,7 +38,7 @@ from derm_exp.inference.tta import (
     tta_modes,
     views_to_probabilities,
 )
-from derm_exp.training.runtime import resolve_device
+from derm_exp.training.runtime import Precision, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,22 @@ def normalized_entropy(probs: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(-1) / math.log(p.shape[-1])
 
 
+def predictor_precision(amp: str, device: torch.device) -> Precision:
+    """Autocast settings for inference from ``amp`` (off | bf16 | fp16 | auto)."""
+    try:
+        return resolve_precision(amp, device)
+    except ValueError:
+        raise PredictionInputError(f"amp={amp!r}: choose off, bf16, fp16 or auto") from None
+
+
 class SkinLesionPredictor:
     """Class probabilities for dermoscopy images from one trained classifier.
 
     ``calibrate=True`` divides the logits by the temperature fitted on the training run's
-    validation split (stored in the checkpoint; 1.0 when it has none).
+    validation split (stored in the checkpoint; 1.0 when it has none). ``amp`` runs the network
+    under autocast: ``off`` (default: fp32, the exact numbers of ``derm_exp.evaluate``),
+    ``bf16`` (faster on GPUs and on CPUs with AMX/AVX512-BF16; see BENCHMARKS.md), ``fp16``,
+    or ``auto`` (bf16 on CUDA, fp32 elsewhere).
     """
 
     def __init__(
@@ -110,8 +121,10 @@ class SkinLesionPredictor:
         device: str | torch.device = "auto",
         calibrate: bool = True,
         source: ModelSource | None = None,
+        amp: str = "off",
     ) -> None:
         self.device = resolve_device(device) if isinstance(device, str) else device
+        self.precision = predictor_precision(amp, self.device)
         self.model = loaded.model.to(self.device, memory_format=torch.channels_last).eval()
         self.classes = list(loaded.classes)
         self.data_config = dict(loaded.data_config)
@@ -124,12 +137,16 @@ class SkinLesionPredictor:
     # -- construction -------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, device: str = "auto", calibrate: bool = True
+        cls,
+        path: str | os.PathLike,
+        device: str = "auto",
+        calibrate: bool = True,
+        amp: str = "off",
     ) -> SkinLesionPredictor:
         """From a ``checkpoint_best.pt`` (or a training output folder holding one)."""
         if not Path(path).expanduser().exists():
             raise ModelSourceError(f"checkpoint not found: {path}")
-        return cls.from_ref(str(path), device=device, calibrate=calibrate)
+        return cls.from_ref(str(path), device=device, calibrate=calibrate, amp=amp)
 
     @classmethod
     def from_run(
@@ -138,9 +155,10 @@ class SkinLesionPredictor:
         tracking_uri: str | None = None,
         device: str = "auto",
         calibrate: bool = True,
+        amp: str = "off",
     ) -> SkinLesionPredictor:
         """From the ``checkpoints/checkpoint_best.pt`` artifact of MLflow run ``run_id``."""
-        return cls.from_ref(run_id, tracking_uri, device=device, calibrate=calibrate)
+        return cls.from_ref(run_id, tracking_uri, device=device, calibrate=calibrate, amp=amp)
 
     @classmethod
     def from_registry(
@@ -149,11 +167,12 @@ class SkinLesionPredictor:
         tracking_uri: str | None = None,
         device: str = "auto",
         calibrate: bool = True,
+        amp: str = "off",
     ) -> SkinLesionPredictor:
         """From a registered model version (``models:/NAME@alias`` or ``models:/NAME/3``)."""
         if not str(uri).startswith("models:/"):
             raise PredictionInputError(f"{uri!r} is not a models:/NAME@alias URI")
-        return cls.from_ref(uri, tracking_uri, device=device, calibrate=calibrate)
+        return cls.from_ref(uri, tracking_uri, device=device, calibrate=calibrate, amp=amp)
 
     @classmethod
     def from_ref(
@@ -162,11 +181,13 @@ class SkinLesionPredictor:
         tracking_uri: str | None = None,
         device: str = "auto",
         calibrate: bool = True,
+        amp: str = "off",
     ) -> SkinLesionPredictor:
         """From any reference: checkpoint path, run id or ``models:/`` URI."""
-        source = resolve_source(ref, tracking_uri)
         device_ = resolve_device(device)
-        return cls(load_classifier(source.checkpoint, device_), device_, calibrate, source)
+        predictor_precision(amp, device_)  # a bad value fails before the model is loaded
+        source = resolve_source(ref, tracking_uri)
+        return cls(load_classifier(source.checkpoint, device_), device_, calibrate, source, amp)
 
     # -- core ---------------------------------------------------------------------------------
     def preprocess(self, image: ImageInput) -> torch.Tensor:
@@ -180,7 +201,8 @@ class SkinLesionPredictor:
         views = list(views)
         if views != ["identity"]:
             x = expand_views(x, views)
-        out = self.model(x).float().cpu()
+        with self.precision.autocast(self.device):
+            out = self.model(x).float().cpu()
         return out.reshape(len(views), batch.shape[0], out.shape[-1])
 
     def probabilities(

@@ -79,6 +79,7 @@ def predictor_latencies(
     device: torch.device,
     warmup: int,
     repeats: int,
+    amp: str = "off",
 ) -> dict[str, Any]:
     """End to end from a JPEG file (decode, eval transform, forward, softmax) through
     ``SkinLesionPredictor``, and an ensemble of ``ensemble_members`` copies of the network."""
@@ -87,7 +88,7 @@ def predictor_latencies(
     from derm_exp.inference.predictor import SkinLesionPredictor
 
     loaded = LoadedModel(model, list(CLASSES), dict(data_config), 1.0, {}, None)
-    predictor = SkinLesionPredictor(loaded, device=device)
+    predictor = SkinLesionPredictor(loaded, device=device, amp=amp)
     path = image_paths[0]
     batch = list(image_paths)
     out: dict[str, Any] = {

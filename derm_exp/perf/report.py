@@ -94,6 +94,17 @@ ROWS = (
 )
 
 
+# Rows repeated for every extra inference autocast setting (benchmark.inference_amp).
+AMP_ROWS = (
+    ("network.single_ms", "latency, 1 image (network)", "ms"),
+    ("network.batch_img_s", "forward (eval, batched)", "img/s"),
+    ("network.tta_batched_ms", "latency, TTA views, one forward", "ms"),
+    ("predictor.single_ms", "predictor: JPEG -> probabilities", "ms"),
+    ("predictor.tta_ms", "predictor: JPEG -> TTA", "ms"),
+    ("amp_check.argmax_agreement", "argmax agreement with fp32", ""),
+)
+
+
 def table(result: dict[str, Any]) -> str:
     """The headline figures as an aligned text table (missing figures are left out)."""
     flat = dict(flatten(result))
@@ -103,6 +114,12 @@ def table(result: dict[str, Any]) -> str:
         if isinstance(value, int | float) and not isinstance(value, bool):
             shown = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
             lines.append(f"{label:<44} {shown:>12} {unit}")
+    for amp in result.get("inference_amp", {}):
+        for key, label, unit in AMP_ROWS:
+            value = flat.get(f"inference_amp.{amp}.{key}")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                shown = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+                lines.append(f"{f'amp={amp}: {label}':<44} {shown:>12} {unit}")
     return "\n".join(lines)
 
 

@@ -228,6 +228,12 @@ def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 "img_s": result["inference"]["batch_img_s"],
             }
             result["predictor"] = _predictor(cfg, model, device)
+            for amp in cfg.benchmark.get("inference_amp") or []:
+                other = resolve_precision(str(amp), device)
+                if other.dtype != precision.dtype:
+                    log.info("benchmark: inference with amp=%s", amp)
+                    variants = result.setdefault("inference_amp", {})
+                    variants[str(amp)] = _amp_inference(cfg, model, device, other, str(amp), size)
         if "compare" in sections:
             log.info("benchmark: option comparisons (AMP, AdamW, compile)")
             result["compare"] = compare_section(cfg, model, device, size)
@@ -254,7 +260,13 @@ def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     return result
 
 
-def _predictor(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> dict[str, Any]:
+def _predictor(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    device: torch.device,
+    amp: str | None = None,
+    ensemble_members: int | None = None,
+) -> dict[str, Any]:
     paths = load_metadata(resolve_data_root(cfg.data), cfg.data.metadata_file)["path"]
     b = cfg.benchmark
     return inference.predictor_latencies(
@@ -262,8 +274,37 @@ def _predictor(cfg: DictConfig, model: torch.nn.Module, device: torch.device) ->
         model.data_config,
         [str(p) for p in paths[: int(cfg.data.eval_batch_size)]],
         str(cfg.tta.mode),
-        int(b.ensemble_members),
+        int(b.ensemble_members) if ensemble_members is None else ensemble_members,
+        device,
+        int(b.warmup),
+        int(b.repeats),
+        amp=str(cfg.trainer.amp) if amp is None else amp,
+    )
+
+
+def _amp_inference(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    device: torch.device,
+    precision: Any,
+    amp: str,
+    size: int,
+) -> dict[str, Any]:
+    """The inference latencies again under another autocast setting (same run, same model)."""
+    b = cfg.benchmark
+    net = inference.model_latencies(
+        model,
+        size,
+        int(cfg.data.eval_batch_size),
+        list(cfg.tta.views),
+        precision,
         device,
         int(b.warmup),
         int(b.repeats),
     )
+    agreement = inference.amp_agreement(model, size, int(cfg.data.batch_size), precision, device)
+    return {
+        "network": net,
+        "predictor": _predictor(cfg, model, device, amp=amp, ensemble_members=0),
+        "amp_check": agreement,
+    }

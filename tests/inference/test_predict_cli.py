@@ -84,6 +84,7 @@ def test_single_image_prints_a_sorted_table(trained_model, tmp_path, capsys) -> 
         config_name="predict",
     )
     [(_, result)] = predict(cfg, tmp_path / "run")
+    assert cfg.amp == "off"  # fp32 unless asked: YAML must not read it as False
     text = capsys.readouterr().out
     rows = [line.split()[0] for line in text.splitlines() if line[2:8].strip() in CLASSES]
     ordered = sorted(result["probabilities"], key=result["probabilities"].get, reverse=True)
@@ -113,6 +114,8 @@ def test_user_errors(trained_model: TrainedModel, tmp_path: Path) -> None:
             compose_train(["model_ref=no-such-model", f"image={image}"], config_name="predict"),
             tmp_path / "run",
         )
+    with pytest.raises(PredictionInputError, match="amp='fp8': choose off, bf16"):
+        run(image=str(image), amp="fp8")
     with pytest.raises(ModelSourceError, match="no model given"):
         predict(compose_train([f"image={image}"], config_name="predict"), tmp_path / "run")
 

@@ -143,6 +143,19 @@ def test_predict_with_tta(predictor, trained_model: TrainedModel, aggregation: s
     assert r["view_std"] >= 0.0 and 0.0 <= r["uncertainty"] <= 1.0
 
 
+def test_bf16_autocast_is_opt_in_and_close_to_fp32(predictor, trained_model) -> None:
+    paths = sorted((trained_model.data_root / "images").glob("*"))[:8]
+    assert predictor.precision.dtype is None  # default: fp32, the evaluation path's numbers
+    fast = SkinLesionPredictor.from_checkpoint(trained_model.checkpoint, device="cpu", amp="bf16")
+    assert fast.precision.dtype == torch.bfloat16
+    exact, low = predictor.predict_proba(paths), fast.predict_proba(paths)
+    assert not np.array_equal(exact, low)  # autocast really ran in bf16
+    np.testing.assert_allclose(low.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(low, exact, atol=0.05)  # bf16 keeps ~3 significant digits
+    with pytest.raises(PredictionInputError, match="amp='bf17': choose off, bf16"):
+        SkinLesionPredictor.from_checkpoint(trained_model.checkpoint, device="cpu", amp="bf17")
+
+
 def test_clear_errors(predictor, trained_model: TrainedModel, tmp_path: Path) -> None:
     with pytest.raises(PredictionInputError, match="image not found"):
         predictor.predict(tmp_path / "missing.jpg")
