@@ -125,6 +125,7 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[tuple[Path, dict[st
         device=cfg.device,
         calibrate=bool(cfg.calibrate),
         amp=str(cfg.amp),
+        compile=bool(cfg.compile),
     )
     single = Path(cfg.image).expanduser().is_file()
     found = predictor.iter_predictions(

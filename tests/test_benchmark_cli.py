@@ -48,11 +48,11 @@ FIGURES = [
     "predictor.batch_img_s",
     "predictor.ensemble_single_ms",
     "predictor.ensemble_tta_ms",
-    "inference_amp.bf16.network.single_ms",
-    "inference_amp.bf16.network.tta_batched_ms",
-    "inference_amp.bf16.predictor.single_ms",
-    "inference_amp.bf16.predictor.tta_ms",
-    "inference_amp.bf16.amp_check.logit_scale",
+    "inference_variants.bf16.network.single_ms",
+    "inference_variants.bf16.network.tta_batched_ms",
+    "inference_variants.bf16.predictor.single_ms",
+    "inference_variants.bf16.predictor.tta_ms",
+    "inference_variants.bf16.amp_check.logit_scale",
     "compare.amp.fp32_fwd_bwd_ms",
     "compare.amp.bf16_fwd_bwd_ms",
     "compare.amp.bf16_argmax_agreement",
@@ -115,7 +115,7 @@ def test_benchmark_runs_end_to_end_and_reports_every_figure(demo_data: Path, tmp
     assert result["loader"]["images"] == 48 and result["train"]["cached"] is True
     assert result["inference"]["tta_views"] == 8  # tta=medium: the 8 symmetries
     assert result["epoch_estimate"]["train_images"] == 7010
-    assert "amp=bf16: latency, 1 image (network)" in proc.stdout
+    assert "[bf16] latency, 1 image (network)" in proc.stdout
     assert "real / synthetic" in proc.stdout and str(out / "benchmark.json") in proc.stdout
     assert not list(out.glob("cache-*")), "the fresh cache is removed afterwards"
     assert "MLflow run id:" in proc.stdout

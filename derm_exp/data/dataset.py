@@ -4,6 +4,7 @@ per-batch float conversion that lets workers hand over uint8 images."""
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -162,18 +163,18 @@ def _float_target(op: Any, images: Any) -> torch.dtype | None:
 def _new_batch(
     shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, shared: bool
 ) -> torch.Tensor:
-    """An empty channels-last (B, C, H, W) tensor; in shared memory when ``shared``.
+    """An empty contiguous tensor; in shared memory when ``shared``.
 
     A DataLoader worker otherwise copies every returned tensor into shared memory;
     allocating it there directly (as torch's ``default_collate`` does) saves that copy.
+    Contiguous (N, C, H, W), not channels-last: per-channel ops broadcast 4x faster over it on
+    a CPU; the training step converts the batch once, multi-threaded.
     """
-    b, c, h, w = shape
-    strides = (c * h * w, 1, w * c, c)  # channels-last: what the model consumes
     if not shared:
-        return torch.empty_strided(shape, strides, dtype=dtype, device=device)
-    nbytes = b * c * h * w * torch.empty(0, dtype=dtype).element_size()
+        return torch.empty(shape, dtype=dtype, device=device)
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
     storage = torch.UntypedStorage._new_shared(nbytes)
-    return torch.empty(0, dtype=dtype).set_(storage, 0, shape, strides)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
 
 
 class BatchTransform:
@@ -184,8 +185,8 @@ class BatchTransform:
     ops (e.g. ``RandomErasing``) still draw their own parameters for every image. Calling the
     object on a list of ``(image, label)`` samples makes it a ``collate_fn``.
 
-    The uint8 -> float conversion writes into one new channels-last buffer (the layout the
-    models run in) and ``Normalize`` then works in place on it: the same operations, in the same
+    The uint8 -> float conversion writes into one new buffer and ``Normalize`` then works in
+    place on it: the same operations, in the same
     order, as torchvision's ``to_dtype`` and ``normalize``, hence bit-identical results, without
     their temporary copies (this halves the cost of this step on a CPU).
     """

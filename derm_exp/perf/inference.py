@@ -29,6 +29,15 @@ def _input(n: int, image_size: int, device: torch.device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def first_call_seconds(
+    model: torch.nn.Module, image_size: int, precision: Precision, device: torch.device
+) -> float:
+    """Seconds of the first forward of one image (for a compiled model: compilation)."""
+    model.eval()
+    x = _input(1, image_size, device)
+    return median(time_calls(lambda: _forward(model, x, precision), device, 0, 1))
+
+
 def model_latencies(
     model: torch.nn.Module,
     image_size: int,
@@ -80,6 +89,7 @@ def predictor_latencies(
     warmup: int,
     repeats: int,
     amp: str = "off",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """End to end from a JPEG file (decode, eval transform, forward, softmax) through
     ``SkinLesionPredictor``, and an ensemble of ``ensemble_members`` copies of the network."""
@@ -88,7 +98,7 @@ def predictor_latencies(
     from derm_exp.inference.predictor import SkinLesionPredictor
 
     loaded = LoadedModel(model, list(CLASSES), dict(data_config), 1.0, {}, None)
-    predictor = SkinLesionPredictor(loaded, device=device, amp=amp)
+    predictor = SkinLesionPredictor(loaded, device=device, amp=amp, compile=compile)
     path = image_paths[0]
     batch = list(image_paths)
     out: dict[str, Any] = {

@@ -94,8 +94,9 @@ ROWS = (
 )
 
 
-# Rows repeated for every extra inference autocast setting (benchmark.inference_amp).
-AMP_ROWS = (
+# Rows repeated for every extra inference setting (benchmark.inference_amp / inference_compile).
+VARIANT_ROWS = (
+    ("first_call_s", "first call (compilation)", "s"),
     ("network.single_ms", "latency, 1 image (network)", "ms"),
     ("network.batch_img_s", "forward (eval, batched)", "img/s"),
     ("network.tta_batched_ms", "latency, TTA views, one forward", "ms"),
@@ -114,12 +115,12 @@ def table(result: dict[str, Any]) -> str:
         if isinstance(value, int | float) and not isinstance(value, bool):
             shown = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
             lines.append(f"{label:<44} {shown:>12} {unit}")
-    for amp in result.get("inference_amp", {}):
-        for key, label, unit in AMP_ROWS:
-            value = flat.get(f"inference_amp.{amp}.{key}")
+    for name in result.get("inference_variants", {}):
+        for key, label, unit in VARIANT_ROWS:
+            value = flat.get(f"inference_variants.{name}.{key}")
             if isinstance(value, int | float) and not isinstance(value, bool):
                 shown = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
-                lines.append(f"{f'amp={amp}: {label}':<44} {shown:>12} {unit}")
+                lines.append(f"{f'[{name}] {label}':<44} {shown:>12} {unit}")
     return "\n".join(lines)
 
 

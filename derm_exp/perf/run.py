@@ -228,12 +228,10 @@ def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
                 "img_s": result["inference"]["batch_img_s"],
             }
             result["predictor"] = _predictor(cfg, model, device)
-            for amp in cfg.benchmark.get("inference_amp") or []:
-                other = resolve_precision(str(amp), device)
-                if other.dtype != precision.dtype:
-                    log.info("benchmark: inference with amp=%s", amp)
-                    variants = result.setdefault("inference_amp", {})
-                    variants[str(amp)] = _amp_inference(cfg, model, device, other, str(amp), size)
+            for name, amp, compiled in inference_variants(cfg, precision, device):
+                log.info("benchmark: inference variant %s", name)
+                variants = result.setdefault("inference_variants", {})
+                variants[name] = _variant_inference(cfg, model, device, amp, compiled, size)
         if "compare" in sections:
             log.info("benchmark: option comparisons (AMP, AdamW, compile)")
             result["compare"] = compare_section(cfg, model, device, size)
@@ -266,45 +264,85 @@ def _predictor(
     device: torch.device,
     amp: str | None = None,
     ensemble_members: int | None = None,
+    compiled: bool = False,
+    batch_images: int | None = None,
 ) -> dict[str, Any]:
     paths = load_metadata(resolve_data_root(cfg.data), cfg.data.metadata_file)["path"]
     b = cfg.benchmark
+    n = int(cfg.data.eval_batch_size) if batch_images is None else batch_images
     return inference.predictor_latencies(
         model,
         model.data_config,
-        [str(p) for p in paths[: int(cfg.data.eval_batch_size)]],
+        [str(p) for p in paths[:n]],
         str(cfg.tta.mode),
         int(b.ensemble_members) if ensemble_members is None else ensemble_members,
         device,
         int(b.warmup),
         int(b.repeats),
         amp=str(cfg.trainer.amp) if amp is None else amp,
+        compile=compiled,
     )
 
 
-def _amp_inference(
+def inference_variants(
+    cfg: DictConfig, precision: Any, device: torch.device
+) -> list[tuple[str, str, bool]]:
+    """``(name, amp, compiled)`` for every extra inference setting: each of
+    ``benchmark.inference_amp`` that differs from ``trainer.amp``, then, with
+    ``benchmark.inference_compile``, the compiled network under ``trainer.amp`` and each of them.
+    """
+    base = str(cfg.trainer.amp)
+    amps = [
+        str(a)
+        for a in cfg.benchmark.get("inference_amp") or []
+        if resolve_precision(str(a), device).dtype != precision.dtype
+    ]
+    out = [(a, a, False) for a in amps]
+    if cfg.benchmark.get("inference_compile"):
+        out += [("compile", base, True)] + [(f"compile+{a}", a, True) for a in amps]
+    return out
+
+
+def _variant_inference(
     cfg: DictConfig,
     model: torch.nn.Module,
     device: torch.device,
-    precision: Any,
     amp: str,
+    compiled: bool,
     size: int,
 ) -> dict[str, Any]:
-    """The inference latencies again under another autocast setting (same run, same model)."""
+    """The inference latencies again under another autocast setting and/or compiled (same run,
+    same weights). Compiled variants use batches of one and of the TTA views only (each new
+    input shape compiles again); their first call, compilation included, is reported apart."""
+    from derm_exp.inference.predictor import compile_for_inference
+
     b = cfg.benchmark
-    net = inference.model_latencies(
-        model,
+    precision = resolve_precision(amp, device)
+    views = list(cfg.tta.views)
+    net_model = compile_for_inference(model) if compiled else model
+    out: dict[str, Any] = {"amp": amp, "compiled": compiled}
+    if compiled:
+        out["first_call_s"] = inference.first_call_seconds(net_model, size, precision, device)
+    out["network"] = inference.model_latencies(
+        net_model,
         size,
-        int(cfg.data.eval_batch_size),
-        list(cfg.tta.views),
+        len(views) if compiled else int(cfg.data.eval_batch_size),
+        views,
         precision,
         device,
         int(b.warmup),
         int(b.repeats),
     )
-    agreement = inference.amp_agreement(model, size, int(cfg.data.batch_size), precision, device)
-    return {
-        "network": net,
-        "predictor": _predictor(cfg, model, device, amp=amp, ensemble_members=0),
-        "amp_check": agreement,
-    }
+    out["amp_check"] = inference.amp_agreement(
+        model, size, int(cfg.data.batch_size), precision, device
+    )
+    out["predictor"] = _predictor(
+        cfg,
+        model,
+        device,
+        amp=amp,
+        ensemble_members=0,
+        compiled=compiled,
+        batch_images=len(views) if compiled else None,
+    )
+    return out

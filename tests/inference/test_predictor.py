@@ -156,6 +156,35 @@ def test_bf16_autocast_is_opt_in_and_close_to_fp32(predictor, trained_model) -> 
         SkinLesionPredictor.from_checkpoint(trained_model.checkpoint, device="cpu", amp="bf17")
 
 
+def test_compiled_predictor_matches_eager(predictor, trained_model) -> None:
+    paths = sorted((trained_model.data_root / "images").glob("*"))[:3]
+    fast = SkinLesionPredictor.from_checkpoint(trained_model.checkpoint, device="cpu", compile=True)
+    assert fast.compiled and fast.model is not fast.eager_model
+    np.testing.assert_allclose(
+        fast.predict_proba(paths, batch_size=3), predictor.predict_proba(paths), atol=1e-4
+    )
+    assert fast.compiled  # it really ran compiled: no fallback
+
+
+def test_compile_failure_falls_back_to_eager(predictor, trained_model, monkeypatch, caplog):
+    import derm_exp.inference.predictor as module
+
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(module, "compile_for_inference", lambda model: Broken())
+    path = sorted((trained_model.data_root / "images").glob("*"))[0]
+    fallback = SkinLesionPredictor.from_checkpoint(
+        trained_model.checkpoint, device="cpu", compile=True
+    )
+    with caplog.at_level("WARNING"):
+        probs = fallback.predict_proba([path])
+    assert "torch.compile failed (RuntimeError: no C++ compiler found)" in caplog.text
+    assert not fallback.compiled and fallback.model is fallback.eager_model
+    np.testing.assert_allclose(probs, predictor.predict_proba([path]), atol=1e-6)
+
+
 def test_clear_errors(predictor, trained_model: TrainedModel, tmp_path: Path) -> None:
     with pytest.raises(PredictionInputError, match="image not found"):
         predictor.predict(tmp_path / "missing.jpg")
