@@ -319,6 +319,8 @@ def _variant_inference(
     b = cfg.benchmark
     precision = resolve_precision(amp, device)
     views = list(cfg.tta.views)
+    if compiled:
+        torch._dynamo.reset()  # each compiled variant compiles afresh: independent figures
     net_model = compile_for_inference(model) if compiled else model
     out: dict[str, Any] = {"amp": amp, "compiled": compiled}
     if compiled:
