@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,10 @@ def test_bf16_autocast_is_opt_in_and_close_to_fp32(predictor, trained_model) -> 
         SkinLesionPredictor.from_checkpoint(trained_model.checkpoint, device="cpu", amp="bf17")
 
 
+@pytest.mark.skipif(
+    not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
+    reason="torch.compile (inductor) needs a C++ compiler on the CPU",
+)
 def test_compiled_predictor_matches_eager(predictor, trained_model) -> None:
     paths = sorted((trained_model.data_root / "images").glob("*"))[:3]
     fast = SkinLesionPredictor.from_checkpoint(trained_model.checkpoint, device="cpu", compile=True)
