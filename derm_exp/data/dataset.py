@@ -186,9 +186,9 @@ class BatchTransform:
     object on a list of ``(image, label)`` samples makes it a ``collate_fn``.
 
     The uint8 -> float conversion writes into one new buffer and ``Normalize`` then works in
-    place on it: the same operations, in the same
-    order, as torchvision's ``to_dtype`` and ``normalize``, hence bit-identical results, without
-    their temporary copies (this halves the cost of this step on a CPU).
+    place on it: the same operations, in the same order, as torchvision's ``to_dtype`` and
+    ``normalize``, hence bit-identical results, without their temporary copies (this halves
+    the cost of this step on a CPU).
     """
 
     def __init__(self, ops: Sequence[Callable[[Any], Any]]) -> None:

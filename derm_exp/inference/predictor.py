@@ -148,9 +148,8 @@ class SkinLesionPredictor:
         self.precision = predictor_precision(amp, self.device)
         self.model = loaded.model.to(self.device, memory_format=torch.channels_last).eval()
         self.eager_model = self.model
-        self.compiled = False
         if compile:
-            self.model, self.compiled = compile_for_inference(self.model), True
+            self.model = compile_for_inference(self.model)
         self._compile_checked = not compile
         self.classes = list(loaded.classes)
         self.data_config = dict(loaded.data_config)
@@ -159,6 +158,11 @@ class SkinLesionPredictor:
         self.temperature = float(loaded.temperature) if calibrate else 1.0
         self.checkpoint_path = loaded.checkpoint_path
         self.source = source
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the network runs through ``torch.compile`` (False after a fallback)."""
+        return self.model is not self.eager_model
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -251,7 +255,7 @@ class SkinLesionPredictor:
                     type(exc).__name__,
                     str(exc).splitlines()[0][:200] if str(exc) else "",
                 )
-                self.model, self.compiled = self.eager_model, False
+                self.model = self.eager_model
                 out = self.model(x)
             self._compile_checked = True
             return out

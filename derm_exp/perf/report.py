@@ -109,18 +109,17 @@ VARIANT_ROWS = (
 def table(result: dict[str, Any]) -> str:
     """The headline figures as an aligned text table (missing figures are left out)."""
     flat = dict(flatten(result))
+    rows = list(ROWS)
+    for name in result.get("inference_variants", {}):
+        rows += [
+            (f"inference_variants.{name}.{k}", f"[{name}] {lb}", u) for k, lb, u in VARIANT_ROWS
+        ]
     lines = []
-    for key, label, unit in ROWS:
+    for key, label, unit in rows:
         value = flat.get(key)
         if isinstance(value, int | float) and not isinstance(value, bool):
             shown = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
             lines.append(f"{label:<44} {shown:>12} {unit}")
-    for name in result.get("inference_variants", {}):
-        for key, label, unit in VARIANT_ROWS:
-            value = flat.get(f"inference_variants.{name}.{key}")
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                shown = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
-                lines.append(f"{f'[{name}] {label}':<44} {shown:>12} {unit}")
     return "\n".join(lines)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from derm_exp.training.validate import ConfigError
+from derm_exp.training.validate import AMP_MODES, ConfigError
 
 SECTIONS = ("loader", "train", "inference", "compare")
 
@@ -17,10 +17,9 @@ def check_benchmark_config(cfg: DictConfig) -> list[str]:
     for key in ("warmup", "batches", "loader_passes", "repeats"):
         if int(b[key]) < (0 if key == "warmup" else 1):
             problems.append(f"benchmark.{key}={b[key]} is too small")
-    amps = ("off", "bf16", "fp16", "auto")
     for amp in b.get("inference_amp") or []:
-        if str(amp).lower() not in amps:
-            problems.append(f"benchmark.inference_amp: {amp!r} is not one of {amps}")
+        if str(amp).lower() not in AMP_MODES:
+            problems.append(f"benchmark.inference_amp: {amp!r} is not one of {AMP_MODES}")
     if problems:
         raise ConfigError(
             "invalid benchmark configuration: " + "; ".join(problems) + f" (sections: {SECTIONS})"

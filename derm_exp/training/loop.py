@@ -43,9 +43,8 @@ class StepContext:
 
 def _to_device(x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
     x = x.to(ctx.device, non_blocking=True)
-    if x.ndim == 4:  # loaders yield channels-last batches; a no-op when that is wanted
-        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
-        x = x.contiguous(memory_format=fmt)
+    if ctx.channels_last and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
     return x
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from derm_exp.training.validate import AMP_MODES
+
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch; optionally force deterministic kernels."""
@@ -70,7 +72,7 @@ class Precision:
 def resolve_precision(amp: str, device: torch.device) -> Precision:
     """``auto``: bf16 on CUDA (fp16 + GradScaler where bf16 is unsupported), fp32 elsewhere."""
     amp = str(amp).lower()
-    if amp not in {"auto", "bf16", "fp16", "off"}:
+    if amp not in AMP_MODES:
         raise ValueError(f"trainer.amp={amp!r}: choose auto, bf16, fp16 or off")
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return Precision(None, False)

@@ -33,11 +33,13 @@ _NUMBERS: tuple[tuple[str, bool, bool], ...] = (
     ("trainer.grad_clip_norm", False, True),
     ("trainer.ema.decay", False, False),
 )
+# Autocast settings (trainer.amp, the predictor's amp); resolved by runtime.resolve_precision.
+AMP_MODES = ("auto", "bf16", "fp16", "off")
 _CHOICES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("data.on_bad_image", ("skip", "error")),
     ("data.sampler", ("none", "weighted")),
     ("loss.class_weights", (None, "inverse_frequency")),
-    ("trainer.amp", ("auto", "bf16", "fp16", "off")),
+    ("trainer.amp", AMP_MODES),
     ("trainer.monitor_mode", ("max", "min")),
 )
 
