@@ -98,6 +98,7 @@ def test_benchmark_runs_end_to_end_and_reports_every_figure(demo_data: Path, tmp
         "benchmark.repeats=2",
         "benchmark.loader_passes=1",
         "benchmark.loader_images=48",
+        "benchmark.loader_pass_images=100",
         "benchmark.threads=1",
         "benchmark.sections=[loader,train,inference,compare]",
         "benchmark.compare_rounds=1",
@@ -113,6 +114,7 @@ def test_benchmark_runs_end_to_end_and_reports_every_figure(demo_data: Path, tmp
         assert isinstance(value, int | float) and value > 0, (figure, value)
     assert result["config"]["model"] == "test_efficientnet" and result["config"]["image_size"] == 32
     assert result["loader"]["images"] == 48 and result["train"]["cached"] is True
+    assert result["loader"]["train"]["cached"]["images_per_pass"] == 144  # 48 x 3 >= 100
     assert result["inference"]["tta_views"] == 8  # tta=medium: the 8 symmetries
     assert result["epoch_estimate"]["train_images"] == 7010
     assert "[bf16] latency, 1 image (network)" in proc.stdout

@@ -28,6 +28,7 @@ import os
 import shutil
 import time
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from derm_exp.data.dataset import BadImageError, load_image
 from derm_exp.data.metadata import DataValidationError
+from derm_exp.data.transforms import RandomCropFlip
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def cache_spec_for(transform: Any, scale: float) -> ResizeSpec | None:
     first = ops[0] if ops else None
     if isinstance(first, v2.Resize):
         return ResizeSpec.from_op(first)
-    if isinstance(first, v2.RandomResizedCrop):
+    if isinstance(first, v2.RandomResizedCrop | RandomCropFlip):
         if scale < 1.0:
             raise ImageCacheError(
                 f"data.cache_scale={scale} must be >= 1 (cached training images are resized to "
@@ -191,6 +193,16 @@ class CachedImages:
     def image(self, i: int) -> tv_tensors.Image:
         """Image ``i`` as a (3, H, W) uint8 tensor (a private copy; channels-last strides)."""
         return tv_tensors.Image(torch.from_numpy(np.array(self.array(i))).permute(2, 0, 1))
+
+    def view(self, i: int) -> tv_tensors.Image:
+        """Image ``i`` as a (3, H, W) uint8 tensor over the read-only memory map, no copy.
+
+        Only for consumers that never write into their input (writing would crash the
+        process): it saves copying the whole image when a transform copies a crop anyway.
+        """
+        with warnings.catch_warnings():  # torch warns that the array is not writable
+            warnings.simplefilter("ignore", UserWarning)
+            return tv_tensors.Image(torch.from_numpy(self.array(i)).permute(2, 0, 1))
 
 
 class _Decode(torch.utils.data.Dataset):

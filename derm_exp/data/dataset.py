@@ -4,7 +4,6 @@ per-batch float conversion that lets workers hand over uint8 images."""
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -18,6 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from derm_exp.data.metadata import DataValidationError
+from derm_exp.data.transforms import RandomCropFlip
 
 if TYPE_CHECKING:
     from derm_exp.data.cache import CachedImages
@@ -132,12 +132,22 @@ class LesionDataset(Dataset):
             self._bad[i] = True
             log.warning("skipping unreadable image (%s)", err)
 
+    def _read(self, i: int) -> Any:
+        if self.images is None:
+            return load_image(self.paths[i])
+        # A transform that starts by copying a crop never writes into its input: hand it the
+        # cached image without copying it first (0.05-0.1 ms per image, measured).
+        ops = getattr(self.transform, "transforms", [self.transform])
+        if ops and isinstance(ops[0], RandomCropFlip):
+            return self.images.view(i)
+        return self.images.image(i)
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
         n = len(self.paths)
         for offset in range(n):
             i = (index + offset) % n
             try:
-                img = self.images.image(i) if self.images is not None else load_image(self.paths[i])
+                img = self._read(i)
             except BadImageError as e:
                 if self.on_bad_image == "error":
                     raise
@@ -155,26 +165,97 @@ _ELEMENTWISE = (v2.ToDtype, v2.Normalize, v2.ToPureTensor)
 def _float_target(op: Any, images: Any) -> torch.dtype | None:
     """The float dtype a ``ToDtype(scale=True)`` turns uint8 ``images`` into, else None."""
     dtype = op.dtype.get(tv_tensors.Image) if isinstance(op.dtype, dict) else op.dtype
-    first = images[0] if isinstance(images, list | tuple) else images
-    ok = op.scale and first.dtype == torch.uint8 and dtype is not None and dtype.is_floating_point
+    ok = op.scale and images.dtype == torch.uint8 and dtype is not None and dtype.is_floating_point
     return dtype if ok else None
 
 
-def _new_batch(
-    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, shared: bool
+def _new_channels_last(
+    n: int, c: int, h: int, w: int, dtype: torch.dtype, device: torch.device, shared: bool
 ) -> torch.Tensor:
-    """An empty contiguous tensor; in shared memory when ``shared``.
+    """An empty channels-last (N, C, H, W) tensor; in shared memory when ``shared``.
 
-    A DataLoader worker otherwise copies every returned tensor into shared memory;
-    allocating it there directly (as torch's ``default_collate`` does) saves that copy.
-    Contiguous (N, C, H, W), not channels-last: per-channel ops broadcast 4x faster over it on
-    a CPU; the training step converts the batch once, multi-threaded.
+    A DataLoader worker otherwise copies every returned tensor into shared memory; allocating
+    it there directly (as torch's ``default_collate`` does) saves that copy.
     """
     if not shared:
-        return torch.empty(shape, dtype=dtype, device=device)
-    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+        return torch.empty((n, h, w, c), dtype=dtype, device=device).permute(0, 3, 1, 2)
+    nbytes = n * c * h * w * torch.empty(0, dtype=dtype).element_size()
     storage = torch.UntypedStorage._new_shared(nbytes)
-    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+    return torch.empty(0, dtype=dtype).set_(storage).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+def stack_channels_last(images: Sequence[torch.Tensor], shared: bool = False) -> torch.Tensor:
+    """Stack (C, H, W) images into one channels-last (N, C, H, W) batch.
+
+    Images from the cache, from PIL and from the resize kernel are channels-last already, so
+    each one is a plain copy (torch.stack would transpose them into a contiguous batch, 4x
+    slower for uint8).
+    """
+    first = torch.as_tensor(images[0])
+    c, h, w = first.shape
+    out = _new_channels_last(len(images), c, h, w, first.dtype, first.device, shared)
+    for dst, src in zip(out, images, strict=True):
+        dst.copy_(torch.as_tensor(src))
+    return out
+
+
+def collate_images(batch: Sequence[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
+    """``collate_fn`` for ``(image, label)`` samples: a channels-last batch of the images (in
+    shared memory in a DataLoader worker) and an int64 label tensor.
+
+    Workers hand over uint8 images this way and the consuming process converts them to float
+    (:class:`BatchTransform`): a float batch is 4x the bytes, and writing it into fresh shared
+    memory cost the workers more than the whole cached augmentation (measured: see
+    BENCHMARKS.md). Samples that are not (C, H, W) tensors go to torch's ``default_collate``.
+    """
+    first = batch[0][0]
+    if not (isinstance(first, torch.Tensor) and first.ndim == 3):
+        return torch.utils.data.default_collate(batch)
+    in_worker = torch.utils.data.get_worker_info() is not None
+    images = stack_channels_last([x for x, _ in batch], shared=in_worker)
+    return images, torch.tensor([int(y) for _, y in batch], dtype=torch.int64)
+
+
+def _to_float(images: torch.Tensor, dtype: torch.dtype, norm: v2.Normalize | None) -> torch.Tensor:
+    """uint8 (N, C, H, W) images -> a new channels-last float batch, scaled to [0, 1] and
+    normalised by ``norm``.
+
+    torchvision's ``to_dtype`` and ``normalize`` arithmetic, in its order (bit-identical), in
+    one buffer without temporaries. Channels-last because the models run that way.
+
+    On a CPU this uses numpy, one image at a time (it runs in the training process):
+
+    - numpy is single-threaded: no OpenMP threads wake up and spin, taking a core from the
+      loader workers;
+    - its buffer for a whole batch gets transparent huge pages, a few page faults where
+      torch's allocation took thousands (0.18 -> 0.07 ms per 224 px image of
+      system time in the training process, measured with 2 workers);
+    - each image stays in the CPU cache between the steps, and ``Normalize`` runs over it
+      as (H, W*C) rows with mean/std repeated along the row: a contiguous inner loop, not
+      one of 3 channels (0.10 vs 0.16 ms per 224 px image for the old batch-wide torch ops,
+      one thread).
+    """
+    n, c, h, w = images.shape
+    scale = 1.0 / torch.iinfo(torch.uint8).max
+    if images.device.type != "cpu" or dtype != torch.float32:
+        out = _new_channels_last(n, c, h, w, dtype, images.device, shared=False)
+        out.copy_(images).mul_(scale)
+        if norm is not None:
+            v2.functional.normalize(out, norm.mean, norm.std, inplace=True)
+        return out
+    src = images.permute(0, 2, 3, 1).numpy()  # (N, H, W, C) views, any strides
+    dst = np.empty((n, h, w, c), np.float32)
+    out = torch.from_numpy(dst).permute(0, 3, 1, 2)
+    if norm is not None:
+        mean = np.tile(np.asarray(norm.mean, np.float32), w)  # one row's pattern, (W*C,)
+        std = np.tile(np.asarray(norm.std, np.float32), w)
+    for d, x in zip(dst, src, strict=True):
+        np.multiply(x, np.float32(scale), out=d)
+        if norm is not None:
+            row = d.reshape(h, w * c)
+            np.subtract(row, mean, out=row)
+            np.divide(row, std, out=row)
+    return out
 
 
 class BatchTransform:
@@ -182,40 +263,30 @@ class BatchTransform:
 
     Elementwise ops (``ToDtype``, ``Normalize``) run once on the batch, which gives the same
     numbers as per image at a fraction of the cost, on whatever device the batch is on; random
-    ops (e.g. ``RandomErasing``) still draw their own parameters for every image. Calling the
-    object on a list of ``(image, label)`` samples makes it a ``collate_fn``.
-
-    The uint8 -> float conversion writes into one new buffer and ``Normalize`` then works in
-    place on it: the same operations, in the same order, as torchvision's ``to_dtype`` and
-    ``normalize``, hence bit-identical results, without their temporary copies (this halves
-    the cost of this step on a CPU).
+    ops (e.g. ``RandomErasing``) still draw their own parameters for every image. The uint8 ->
+    float conversion and a ``Normalize`` right after it write into one new channels-last
+    buffer (see :func:`_to_float`): bit-identical to torchvision, without its temporaries.
     """
 
     def __init__(self, ops: Sequence[Callable[[Any], Any]]) -> None:
         self.ops = list(ops)
 
-    def apply(
-        self, images: torch.Tensor | Sequence[torch.Tensor], shared: bool = False
-    ) -> torch.Tensor:
+    def apply(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """uint8 (B, 3, H, W), or a list of (3, H, W), -> the transform's output for every
-        image, stacked; ``shared`` puts the float batch in shared memory (for a worker)."""
-        x: Any = images
+        image, as one batch."""
+        x: Any = images if isinstance(images, torch.Tensor) else stack_channels_last(images)
         owned = False  # x is a buffer of ours: in-place ops are safe
-        for op in self.ops:
+        ops = list(self.ops)
+        while ops:
+            op = ops.pop(0)
             dtype = _float_target(op, x) if isinstance(op, v2.ToDtype) else None
             if dtype is not None:
-                first = x[0]
-                out = _new_batch((len(x), *first.shape), dtype, first.device, shared)
-                if isinstance(x, torch.Tensor):
-                    out.copy_(x)
-                else:
-                    for dst, src in zip(out, x, strict=True):
-                        dst.copy_(src)
-                x, owned = out.mul_(1.0 / torch.iinfo(torch.uint8).max), True
+                norm = ops.pop(0) if ops and isinstance(ops[0], v2.Normalize) else None
+                x, owned = _to_float(x, dtype, norm), True
             elif isinstance(op, v2.Normalize) and owned:
                 v2.functional.normalize(x, op.mean, op.std, inplace=True)
             elif isinstance(op, _ELEMENTWISE):
-                x = op(x if isinstance(x, torch.Tensor) else torch.stack(list(x)))
+                x = op(x)
             elif owned:  # per image, written back into our buffer
                 for i in range(len(x)):
                     res = torch.as_tensor(op(x[i]))
@@ -223,17 +294,7 @@ class BatchTransform:
                         x[i].copy_(res)
             else:
                 x = torch.stack([torch.as_tensor(op(img)) for img in x])
-        if not isinstance(x, torch.Tensor):
-            x = torch.stack(list(x))
         return x.as_subclass(torch.Tensor)
-
-    def __call__(
-        self, batch: Sequence[tuple[torch.Tensor, int]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        images = [torch.as_tensor(x) for x, _ in batch]
-        labels = torch.tensor([int(y) for _, y in batch], dtype=torch.int64)
-        in_worker = torch.utils.data.get_worker_info() is not None
-        return self.apply(images, shared=in_worker), labels
 
 
 def split_batch_transform(transform: Any) -> tuple[Any, BatchTransform | None]:

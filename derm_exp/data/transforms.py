@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as F
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -65,6 +66,25 @@ def build_eval_transform(data_config: Mapping[str, Any]) -> Transform:
     )
 
 
+_PIL_ROTATIONS = (
+    None,
+    Image.Transpose.ROTATE_90,
+    Image.Transpose.ROTATE_180,
+    Image.Transpose.ROTATE_270,
+)
+
+
+def rot90(inpt: Any, k: int) -> Any:
+    """Rotate a PIL image or a (..., H, W) tensor by ``k`` x 90 degrees counter-clockwise."""
+    k %= 4
+    if k == 0:
+        return inpt
+    if isinstance(inpt, Image.Image):
+        return inpt.transpose(_PIL_ROTATIONS[k])
+    out = torch.rot90(inpt.as_subclass(torch.Tensor), k, dims=(-2, -1))
+    return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
 class RandomRot90(v2.Transform):
     """Rotate by a uniformly random multiple of 90 degrees, losslessly.
 
@@ -72,24 +92,106 @@ class RandomRot90(v2.Transform):
     Apply it to square images (after the crop) so the output size is unchanged.
     """
 
-    _PIL_OPS = (
-        None,
-        Image.Transpose.ROTATE_90,
-        Image.Transpose.ROTATE_180,
-        Image.Transpose.ROTATE_270,
-    )
-
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         return {"k": int(torch.randint(0, 4, ()).item())}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        k = params["k"]
-        if k == 0:
-            return inpt
-        if isinstance(inpt, Image.Image):
-            return inpt.transpose(self._PIL_OPS[k])
-        out = torch.rot90(inpt.as_subclass(torch.Tensor), k, dims=(-2, -1))
+        return rot90(inpt, params["k"])
+
+
+class RandomCropFlip(v2.Transform):
+    """``RandomResizedCrop``, then random horizontal/vertical flips and 90-degree rotations.
+
+    The same parameter distributions as ``v2.RandomResizedCrop(size, scale, ratio)`` followed by
+    ``RandomHorizontalFlip(hflip)``, ``RandomVerticalFlip(vflip)`` and :class:`RandomRot90`, as
+    one transform. Works on PIL images (the JPEG path) and (3, H, W) tensors (the cache path).
+
+    Hand-fused because a cached uint8 image needs only ~0.3 ms of work, and four v2 transforms
+    (pytree flattening, one call per op and per random draw) cost half as much again: here one
+    random draw gives all parameters, and a tensor crop is copied channels-last first, the
+    layout torch's uint8 antialiased resize kernel reads directly (0.12 instead of 0.20 ms for
+    a 224 px crop). Timings measured with one thread on this project's 2-core CPU.
+    """
+
+    ATTEMPTS = 10  # as torchvision's RandomResizedCrop
+
+    def __init__(
+        self,
+        size: tuple[int, int],
+        scale: tuple[float, float],
+        interpolation: InterpolationMode = InterpolationMode.BILINEAR,
+        hflip: float = 0.0,
+        vflip: float = 0.0,
+        rot90: bool = False,
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ) -> None:
+        super().__init__()
+        self.size = (int(size[0]), int(size[1]))
+        self.scale, self.ratio = (float(scale[0]), float(scale[1])), ratio
+        self.interpolation = InterpolationMode(interpolation)
+        self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
+
+    def forward(self, *inputs: Any) -> Any:
+        if len(inputs) == 1 and (
+            isinstance(inputs[0], Image.Image)
+            or type(inputs[0]) in (torch.Tensor, tv_tensors.Image)
+        ):  # one image: skip v2's pytree handling (same result)
+            return self.transform(inputs[0], self.make_params(list(inputs)))
+        return super().forward(*inputs)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        """torchvision's RandomResizedCrop.make_params (10 tries, then a central crop) plus the
+        flips and rotation, from one draw of uniform numbers."""
+        height, width = v2.query_size(flat_inputs)
+        n = self.ATTEMPTS
+        u = torch.rand(2 * n + 5).tolist()
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for a in range(n):
+            area = height * width * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[2 * a])
+            aspect = math.exp(log_lo + (log_hi - log_lo) * u[2 * a + 1])
+            w = round(math.sqrt(area * aspect))
+            h = round(math.sqrt(area / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                top = min(int(u[2 * n] * (height - h + 1)), height - h)
+                left = min(int(u[2 * n + 1] * (width - w + 1)), width - w)
+                break
+        else:  # central crop at the nearest allowed aspect ratio
+            in_ratio = width / height
+            if in_ratio < min(self.ratio):
+                w, h = width, round(width / min(self.ratio))
+            elif in_ratio > max(self.ratio):
+                w, h = round(height * max(self.ratio)), height
+            else:
+                w, h = width, height
+            top, left = (height - h) // 2, (width - w) // 2
+        return {
+            "top": top,
+            "left": left,
+            "height": h,
+            "width": w,
+            "hflip": u[2 * n + 2] < self.hflip,
+            "vflip": u[2 * n + 3] < self.vflip,
+            "k": min(int(u[2 * n + 4] * 4), 3) if self.rot90 else 0,
+        }
+
+    def _resized_crop(self, inpt: Any, p: dict[str, Any]) -> Any:
+        top, left, h, w = p["top"], p["left"], p["height"], p["width"]
+        if not isinstance(inpt, torch.Tensor) or inpt.ndim != 3:
+            return F.resized_crop(
+                inpt, top, left, h, w, list(self.size), self.interpolation, antialias=True
+            )
+        crop = inpt.as_subclass(torch.Tensor)[:, top : top + h, left : left + w]
+        crop = crop.permute(1, 2, 0).contiguous().permute(2, 0, 1)  # channels-last copy
+        out = F.resize(crop, list(self.size), self.interpolation, antialias=True)
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        out = self._resized_crop(inpt, params)
+        if params["hflip"]:
+            out = F.horizontal_flip(out)
+        if params["vflip"]:
+            out = F.vertical_flip(out)
+        return rot90(out, params["k"])
 
 
 def _pair_range(value: Any, name: str, low: float, high: float) -> tuple[float, float]:
@@ -112,30 +214,33 @@ def build_train_transform(
     """Training transform from an augment preset (conf/augment/*.yaml) and timm's data config.
 
     Order: geometry (random resized crop with ``crop_scale``, else the eval resize + centre crop),
-    flips, ``rot90``, affine (``rotation_degrees``, ``translate``, ``scale_range``), colour jitter
-    (``color_jitter`` for brightness/contrast/saturation, ``hue``), Gaussian blur with
-    ``blur_prob``, tensor + normalise, then RandomErasing with ``erasing_prob`` (fill 0, the mean
+    flips and ``rot90`` (after a random crop, fused with it into one :class:`RandomCropFlip`),
+    affine (``rotation_degrees``, ``translate``, ``scale_range``), colour jitter (``color_jitter``
+    for brightness/contrast/saturation, ``hue``), Gaussian blur with ``blur_prob``, tensor +
+    normalise, then RandomErasing with ``erasing_prob`` (fill 0, the mean
     colour after normalising). Zero/null keys add nothing; mixup keys are handled elsewhere.
     """
     h, w = _size(data_config)
     interpolation = _interpolation(data_config)
     ops: list[v2.Transform] = []
 
+    hflip = _probability(augment_cfg, "hflip")
+    vflip = _probability(augment_cfg, "vflip")
+    rot = bool(augment_cfg.get("rot90"))
+    if rot and h != w:
+        raise ValueError(f"augment.rot90 needs a square input size, got {h}x{w}")
     crop_scale = augment_cfg.get("crop_scale")
     if crop_scale:
         scale = _pair_range(crop_scale, "crop_scale", 1e-3, 1.0)
-        ops.append(v2.RandomResizedCrop((h, w), scale=scale, interpolation=interpolation))
+        ops.append(RandomCropFlip((h, w), scale, interpolation, hflip, vflip, rot))
     else:
         ops += _resize_and_crop(data_config)
-
-    if hflip := _probability(augment_cfg, "hflip"):
-        ops.append(v2.RandomHorizontalFlip(hflip))
-    if vflip := _probability(augment_cfg, "vflip"):
-        ops.append(v2.RandomVerticalFlip(vflip))
-    if augment_cfg.get("rot90"):
-        if h != w:
-            raise ValueError(f"augment.rot90 needs a square input size, got {h}x{w}")
-        ops.append(RandomRot90())
+        if hflip:
+            ops.append(v2.RandomHorizontalFlip(hflip))
+        if vflip:
+            ops.append(v2.RandomVerticalFlip(vflip))
+        if rot:
+            ops.append(RandomRot90())
 
     degrees = float(augment_cfg.get("rotation_degrees") or 0.0)
     translate = float(augment_cfg.get("translate") or 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -22,10 +23,13 @@ def loader_throughput(
     batch_size: int,
     passes: int,
     device: torch.device,
+    pass_images: int = 0,
 ) -> dict[str, Any]:
-    """Images per second over full passes of the training data path (``data.num_workers``
+    """Images per second over passes of the training data path (``data.num_workers``
     persistent workers, uint8 batches finished on ``device``), after one untimed pass (worker
-    start-up, page cache). Building the cache is timed separately (``build_s``).
+    start-up, page cache). A pass goes over the images in order, again and again until it has
+    at least ``pass_images``, as a training epoch of that size would. Building the cache is
+    timed separately (``build_s``).
 
     ``cpu_ms_per_image`` is the CPU time of one extra pass in this process with one torch
     thread, as in a worker: the work per image, which, unlike wall-clock rates, hardly depends
@@ -37,12 +41,13 @@ def loader_throughput(
     if cached and dataset.images is None:
         raise RuntimeError("the transform cannot be served from the cache (no leading resize)")
     workers = int(data_cfg.num_workers)
+    repeats = max(1, math.ceil(pass_images / max(1, len(dataset))))
     loader = make_loader(
         dataset,
         finish,
         device,
         batch_size=batch_size,
-        shuffle=False,
+        sampler=list(range(len(dataset))) * repeats,
         num_workers=workers,
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
@@ -69,6 +74,7 @@ def loader_throughput(
         "img_s": median(rates),
         "img_s_passes": rates,
         "images": len(dataset),
+        "images_per_pass": len(dataset) * repeats,
         "cpu_ms_per_image": cpu * 1000 / n,
     }
     if cached:

@@ -37,6 +37,7 @@ def loader_section(cfg: DictConfig, data_config: dict, device: torch.device) -> 
         "workers": int(cfg.data.num_workers),
         "batch_size": int(cfg.data.batch_size),
         "augment": str(cfg.augment.name),
+        "pass_images_min": int(cfg.benchmark.get("loader_pass_images") or 0),
     }
     transforms = {
         "train": build_train_transform(cfg.augment, data_config),
@@ -51,6 +52,7 @@ def loader_section(cfg: DictConfig, data_config: dict, device: torch.device) -> 
                 cached=kind == "cached",
                 batch_size=int(cfg.data.batch_size),
                 passes=int(cfg.benchmark.loader_passes),
+                pass_images=int(cfg.benchmark.get("loader_pass_images") or 0),
                 device=device,
             )
             for kind in ("jpeg", "cached")

@@ -17,6 +17,8 @@ def check_benchmark_config(cfg: DictConfig) -> list[str]:
     for key in ("warmup", "batches", "loader_passes", "repeats"):
         if int(b[key]) < (0 if key == "warmup" else 1):
             problems.append(f"benchmark.{key}={b[key]} is too small")
+    if int(b.get("loader_pass_images") or 0) < 0:
+        problems.append(f"benchmark.loader_pass_images={b.loader_pass_images} is negative")
     for amp in b.get("inference_amp") or []:
         if str(amp).lower() not in AMP_MODES:
             problems.append(f"benchmark.inference_amp: {amp!r} is not one of {AMP_MODES}")

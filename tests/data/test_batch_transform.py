@@ -1,5 +1,5 @@
-"""The per-batch float part of a transform: bit-identical to torchvision per image, and in shared
-memory when it runs as a DataLoader worker's collate_fn."""
+"""The per-batch float part of a transform: bit-identical to torchvision per image; workers'
+uint8 batches are channels-last and in shared memory."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from derm_exp.data.dataset import BatchTransform, split_batch_transform
+from derm_exp.data.dataset import BatchTransform, collate_images, split_batch_transform
 
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -38,7 +38,7 @@ def test_batch_equals_per_image_torchvision_exactly() -> None:
         out = batch_tf.apply(given)
         assert type(out) is torch.Tensor and out.dtype == torch.float32
         assert torch.equal(out, expected)  # same ops in the same order: not just allclose
-        assert out.is_contiguous()
+        assert out.is_contiguous(memory_format=torch.channels_last)  # on a CPU, as models run
     assert all(img.dtype == torch.uint8 for img in images)  # inputs untouched
 
 
@@ -71,12 +71,21 @@ class _Items(Dataset):
         return self.images[i], i
 
 
-def test_worker_batches_are_built_in_shared_memory() -> None:
-    batch_tf = BatchTransform([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
-    direct = batch_tf(list(_Items()))[0]
+def test_workers_hand_over_uint8_channels_last_batches_in_shared_memory() -> None:
+    direct, labels = collate_images(list(_Items()))
     assert not direct.is_shared()  # not in a worker: ordinary memory
-    shared = batch_tf.apply(_Items().images, shared=True)
-    assert shared.is_shared() and torch.equal(shared, direct)
-    loader = DataLoader(_Items(), batch_size=4, num_workers=1, collate_fn=batch_tf)
+    assert direct.dtype == torch.uint8 and torch.equal(direct, torch.stack(_Items().images))
+    assert direct.is_contiguous(memory_format=torch.channels_last)
+    assert labels.dtype == torch.int64 and labels.tolist() == [0, 1, 2, 3]
+    loader = DataLoader(_Items(), batch_size=4, num_workers=1, collate_fn=collate_images)
     ((images, labels),) = list(loader)
-    assert torch.equal(images, direct) and labels.tolist() == [0, 1, 2, 3]
+    assert images.is_shared() and torch.equal(images, direct) and labels.tolist() == [0, 1, 2, 3]
+
+
+def test_float_conversion_is_the_same_on_any_layout_and_dtype_path() -> None:
+    ops = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
+    images = torch.stack(_images(3))  # contiguous (N, C, H, W): numpy path on strided input
+    expected = v2.Compose(ops)(images)
+    assert torch.equal(BatchTransform(ops).apply(images), expected)
+    wide = [v2.ToDtype(torch.float64, scale=True), v2.Normalize(MEAN, STD)]  # the torch path
+    assert torch.equal(BatchTransform(wide).apply(images), v2.Compose(wide)(images))

@@ -19,7 +19,12 @@ from derm_exp.data.cache import (
     cache_spec_for,
     open_image_cache,
 )
-from derm_exp.data.dataset import LesionDataset, load_image, split_batch_transform
+from derm_exp.data.dataset import (
+    LesionDataset,
+    collate_images,
+    load_image,
+    split_batch_transform,
+)
 from derm_exp.data.transforms import build_eval_transform, build_train_transform
 
 DATA_CONFIG = {
@@ -76,7 +81,8 @@ def test_cache_returns_pixels_identical_to_direct_decode_and_resize(
         assert cache.array(i).shape == direct.shape
     # The whole eval path (uint8 per image, float per batch) equals the predictor's transform.
     ds = LesionDataset(frame(images), per_image, images=cache)
-    batch, labels = batch_tf([ds[i] for i in range(len(ds))])
+    images_u8, labels = collate_images([ds[i] for i in range(len(ds))])
+    batch = batch_tf.apply(images_u8)
     expected = torch.stack([eval_tf(load_image(p)) for p in images])
     assert batch.dtype == torch.float32 and torch.equal(batch, expected)
     assert labels.tolist() == [i % 7 for i in range(len(images))]
@@ -92,8 +98,27 @@ def test_training_cache_is_scaled_for_random_resized_crop(images: list[str], tmp
     ds = LesionDataset(frame(images), per_image, images=cache)
     x, _ = ds[0]
     assert x.dtype == torch.uint8 and tuple(x.shape) == (3, 32, 32)
-    batch, _ = batch_tf([ds[i] for i in range(4)])
+    batch = batch_tf.apply(collate_images([ds[i] for i in range(4)])[0])
     assert batch.dtype == torch.float32 and tuple(batch.shape) == (4, 3, 32, 32)
+
+
+def test_crop_transform_reads_the_cache_without_copying_or_changing_it(
+    images: list[str], tmp_path: Path
+) -> None:
+    augment = OmegaConf.load(Path(__file__).parents[2] / "conf" / "augment" / "light.yaml")
+    per_image, _ = split_batch_transform(build_train_transform(augment, DATA_CONFIG))
+    cache = open_image_cache(images, cache_spec_for(per_image, scale=1.15), tmp_path / "cache")
+    before = (cache.directory / "pixels.u8").read_bytes()
+    view = cache.view(0)
+    assert not view.is_contiguous() and torch.equal(view, cache.image(0))  # same pixels
+    assert np.shares_memory(view.numpy(), cache.array(0))  # no copy
+    ds = LesionDataset(frame(images), per_image, images=cache)
+    torch.manual_seed(0)
+    got = [ds[i][0] for i in range(len(ds))]
+    torch.manual_seed(0)
+    expected = [per_image(cache.image(i)) for i in range(len(ds))]  # from private copies
+    assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert (cache.directory / "pixels.u8").read_bytes() == before
 
 
 def test_stale_entry_is_rebuilt_when_an_image_changes(images: list[str], tmp_path: Path):

@@ -10,9 +10,17 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 from timm.data import create_transform
+from torchvision import tv_tensors
+from torchvision.transforms import InterpolationMode, v2
+from torchvision.transforms.v2 import functional as TF
 
 from derm_exp.config import CONF_DIR
-from derm_exp.data.transforms import RandomRot90, build_eval_transform, build_train_transform
+from derm_exp.data.transforms import (
+    RandomCropFlip,
+    RandomRot90,
+    build_eval_transform,
+    build_train_transform,
+)
 
 PRESETS = sorted((CONF_DIR / "augment").glob("*.yaml"))
 
@@ -101,3 +109,65 @@ def test_random_rot90_is_lossless() -> None:
     tensor = torch.from_numpy(arr).permute(2, 0, 1)
     seen = {RandomRot90()(tensor).permute(1, 2, 0).numpy().tobytes() for _ in range(40)}
     assert seen == rotations
+
+
+def _crop_flip(**kw: object) -> RandomCropFlip:
+    args = {"size": (24, 24), "scale": (0.3, 1.0), "interpolation": InterpolationMode.BICUBIC}
+    return RandomCropFlip(**{**args, **kw})  # type: ignore[arg-type]
+
+
+def test_crop_flip_tensor_path_equals_torchvision_ops() -> None:
+    """The channels-last fast path gives torchvision's resized_crop + flips, pixel for pixel."""
+    arr = np.random.default_rng(1).integers(0, 256, (45, 60, 3), dtype=np.uint8)
+    image = tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1))  # the cache's layout
+    op = _crop_flip(hflip=0.5, vflip=0.5, rot90=True)
+    torch.manual_seed(0)
+    for _ in range(20):
+        p = op.make_params([image])
+        out = op.transform(image, p)
+        ref = TF.resized_crop(
+            image.as_subclass(torch.Tensor).contiguous(),
+            p["top"],
+            p["left"],
+            p["height"],
+            p["width"],
+            [24, 24],
+            InterpolationMode.BICUBIC,
+            antialias=True,
+        )
+        if p["hflip"]:
+            ref = ref.flip(-1)
+        if p["vflip"]:
+            ref = ref.flip(-2)
+        ref = torch.rot90(ref, p["k"], dims=(-2, -1))
+        assert isinstance(out, tv_tensors.Image) and torch.equal(out.as_subclass(torch.Tensor), ref)
+    # PIL input (the JPEG path) gives the same geometry
+    pil = op(Image.fromarray(arr))
+    assert isinstance(pil, Image.Image) and pil.size == (24, 24)
+
+
+def test_crop_flip_draws_like_torchvision_random_resized_crop() -> None:
+    """Same crop distribution as v2.RandomResizedCrop (area and aspect ratio), flips at their
+    probability, all four rotations."""
+    image = torch.zeros(3, 258, 344, dtype=torch.uint8)
+    op, ref = (
+        _crop_flip(scale=(0.5, 1.0), hflip=0.3, rot90=True),
+        v2.RandomResizedCrop(24, scale=(0.5, 1.0)),
+    )
+    torch.manual_seed(0)
+    ours = [op.make_params([image]) for _ in range(3000)]
+    theirs = [ref.make_params([image]) for _ in range(3000)]
+
+    def stats(params: list[dict]) -> np.ndarray:
+        area = np.array([p["height"] * p["width"] for p in params]) / (258 * 344)
+        aspect = np.log([p["width"] / p["height"] for p in params])
+        top = np.array([p["top"] / max(1, 258 - p["height"]) for p in params])
+        return np.array([area.mean(), area.std(), aspect.mean(), aspect.std(), top.mean()])
+
+    np.testing.assert_allclose(stats(ours), stats(theirs), atol=0.03)
+    assert all(
+        0 <= p["top"] <= 258 - p["height"] and 0 <= p["left"] <= 344 - p["width"] for p in ours
+    )
+    assert abs(np.mean([p["hflip"] for p in ours]) - 0.3) < 0.03
+    assert not any(p["vflip"] for p in ours)  # vflip=0
+    assert {p["k"] for p in ours} == {0, 1, 2, 3}
