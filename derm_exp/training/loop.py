@@ -43,8 +43,9 @@ class StepContext:
 
 def _to_device(x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
     x = x.to(ctx.device, non_blocking=True)
-    if ctx.channels_last and x.ndim == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
+    if x.ndim == 4:  # loader batches are channels-last already on a CPU: then a no-op
+        fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
     return x
 
 
