@@ -199,21 +199,24 @@ def stack_channels_last(images: Sequence[torch.Tensor], shared: bool = False) ->
     return out
 
 
-def collate_images(batch: Sequence[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
+def collate_images(batch: Sequence[tuple[Any, int]]) -> tuple[Any, Any]:
     """``collate_fn`` for ``(image, label)`` samples: a channels-last batch of the images (in
-    shared memory in a DataLoader worker) and an int64 label tensor.
+    shared memory in a DataLoader worker) and the labels as an int64 numpy array.
 
     Workers hand over uint8 images this way and the consuming process converts them to float
     (:class:`BatchTransform`): a float batch is 4x the bytes, and writing it into fresh shared
-    memory cost the workers more than the whole cached augmentation (measured: see
-    BENCHMARKS.md). Samples that are not (C, H, W) tensors go to torch's ``default_collate``.
+    memory cost the workers more than the whole cached augmentation. The labels travel inside
+    the message: a tensor would need a shared-memory segment and a file-descriptor exchange of
+    its own, which cost 10-20 % of the cached loader's throughput (measured, 2 workers).
+    :class:`~derm_exp.training.data_setup.DeviceBatches` turns them into a tensor. Samples
+    that are not (C, H, W) tensors go to torch's ``default_collate``.
     """
     first = batch[0][0]
     if not (isinstance(first, torch.Tensor) and first.ndim == 3):
         return torch.utils.data.default_collate(batch)
     in_worker = torch.utils.data.get_worker_info() is not None
     images = stack_channels_last([x for x, _ in batch], shared=in_worker)
-    return images, torch.tensor([int(y) for _, y in batch], dtype=torch.int64)
+    return images, np.array([int(y) for _, y in batch], dtype=np.int64)
 
 
 def _to_float(images: torch.Tensor, dtype: torch.dtype, norm: v2.Normalize | None) -> torch.Tensor:

@@ -105,7 +105,7 @@ class DeviceBatches:
         for images, labels in self.loader:
             if self.finish is not None:
                 images = self.finish.apply(images.to(self.device, non_blocking=True))
-            yield images, labels
+            yield images, torch.as_tensor(labels)
 
 
 def make_loader(
