@@ -31,9 +31,9 @@ def loader_throughput(
     at least ``pass_images``, as a training epoch of that size would. Building the cache is
     timed separately (``build_s``).
 
-    ``cpu_ms_per_image`` is the CPU time of one extra pass in this process with one torch
-    thread, as in a worker: the work per image, which, unlike wall-clock rates, hardly depends
-    on other load.
+    ``cpu_ms_per_image`` is the median CPU time of ``passes`` more passes (each over the images
+    once) in this process with one torch thread, as in a worker: the work per image, which,
+    unlike wall-clock rates, hardly depends on other load.
     """
     start = time.perf_counter()
     dataset, finish = make_dataset(frame, transform, data_cfg, cache=cached)
@@ -63,11 +63,13 @@ def loader_throughput(
     in_process = make_loader(dataset, finish, device, batch_size=batch_size, shuffle=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # DataLoader workers run single-threaded
+    cpu_ms = []
     try:
-        cpu = time.process_time()
-        n = sum(len(labels) for _, labels in in_process)
-        sync(device)
-        cpu = time.process_time() - cpu
+        for _ in range(passes):
+            cpu = time.process_time()
+            n = sum(len(labels) for _, labels in in_process)
+            sync(device)
+            cpu_ms.append((time.process_time() - cpu) * 1000 / n)
     finally:
         torch.set_num_threads(threads)
     out: dict[str, Any] = {
@@ -75,7 +77,8 @@ def loader_throughput(
         "img_s_passes": rates,
         "images": len(dataset),
         "images_per_pass": len(dataset) * repeats,
-        "cpu_ms_per_image": cpu * 1000 / n,
+        "cpu_ms_per_image": median(cpu_ms),
+        "cpu_ms_per_image_passes": cpu_ms,
     }
     if cached:
         cache = dataset.images
