@@ -102,18 +102,17 @@ class RandomRot90(v2.Transform):
 class RandomCropFlip(v2.Transform):
     """``RandomResizedCrop``, then random horizontal/vertical flips and 90-degree rotations.
 
-    The same parameter distributions as ``v2.RandomResizedCrop(size, scale, ratio)`` followed by
-    ``RandomHorizontalFlip(hflip)``, ``RandomVerticalFlip(vflip)`` and :class:`RandomRot90`, as
-    one transform. Works on PIL images (the JPEG path) and (3, H, W) tensors (the cache path).
+    The same parameters as ``v2.RandomResizedCrop(size, scale)`` (its own ``make_params``)
+    followed by ``RandomHorizontalFlip(hflip)``, ``RandomVerticalFlip(vflip)`` and
+    :class:`RandomRot90`, as one transform. Works on PIL images (the JPEG path) and (3, H, W)
+    tensors (the cache path).
 
     Hand-fused because a cached uint8 image needs only ~0.3 ms of work, and four v2 transforms
-    (pytree flattening, one call per op and per random draw) cost half as much again: here one
-    random draw gives all parameters, and a tensor crop is copied channels-last first, the
-    layout torch's uint8 antialiased resize kernel reads directly (0.12 instead of 0.20 ms for
-    a 224 px crop). Timings measured with one thread on this project's 2-core CPU.
+    (pytree flattening, one call per op) cost half as much again; and because a tensor crop is
+    copied channels-last first, the layout torch's uint8 antialiased resize kernel reads
+    directly (0.12 instead of 0.20 ms for a 224 px crop). Timings measured with one thread on
+    this project's 2-core CPU.
     """
-
-    ATTEMPTS = 10  # as torchvision's RandomResizedCrop
 
     def __init__(
         self,
@@ -123,55 +122,19 @@ class RandomCropFlip(v2.Transform):
         hflip: float = 0.0,
         vflip: float = 0.0,
         rot90: bool = False,
-        ratio: tuple[float, float] = (3 / 4, 4 / 3),
     ) -> None:
         super().__init__()
-        self.size = (int(size[0]), int(size[1]))
-        self.scale, self.ratio = (float(scale[0]), float(scale[1])), ratio
-        self.interpolation = InterpolationMode(interpolation)
+        self.crop = v2.RandomResizedCrop(size, scale=scale, interpolation=interpolation)
+        self.size, self.interpolation = self.crop.size, self.crop.interpolation
         self.hflip, self.vflip, self.rot90 = hflip, vflip, rot90
 
-    def forward(self, *inputs: Any) -> Any:
-        if len(inputs) == 1 and (
-            isinstance(inputs[0], Image.Image)
-            or type(inputs[0]) in (torch.Tensor, tv_tensors.Image)
-        ):  # one image: skip v2's pytree handling (same result)
-            return self.transform(inputs[0], self.make_params(list(inputs)))
-        return super().forward(*inputs)
-
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        """torchvision's RandomResizedCrop.make_params (10 tries, then a central crop) plus the
-        flips and rotation, from one draw of uniform numbers."""
-        height, width = v2.query_size(flat_inputs)
-        n = self.ATTEMPTS
-        u = torch.rand(2 * n + 5).tolist()
-        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
-        for a in range(n):
-            area = height * width * (self.scale[0] + (self.scale[1] - self.scale[0]) * u[2 * a])
-            aspect = math.exp(log_lo + (log_hi - log_lo) * u[2 * a + 1])
-            w = round(math.sqrt(area * aspect))
-            h = round(math.sqrt(area / aspect))
-            if 0 < w <= width and 0 < h <= height:
-                top = min(int(u[2 * n] * (height - h + 1)), height - h)
-                left = min(int(u[2 * n + 1] * (width - w + 1)), width - w)
-                break
-        else:  # central crop at the nearest allowed aspect ratio
-            in_ratio = width / height
-            if in_ratio < min(self.ratio):
-                w, h = width, round(width / min(self.ratio))
-            elif in_ratio > max(self.ratio):
-                w, h = round(height * max(self.ratio)), height
-            else:
-                w, h = width, height
-            top, left = (height - h) // 2, (width - w) // 2
+        u = torch.rand(3).tolist()  # flips and rotation from one draw
         return {
-            "top": top,
-            "left": left,
-            "height": h,
-            "width": w,
-            "hflip": u[2 * n + 2] < self.hflip,
-            "vflip": u[2 * n + 3] < self.vflip,
-            "k": min(int(u[2 * n + 4] * 4), 3) if self.rot90 else 0,
+            **self.crop.make_params(flat_inputs),
+            "hflip": u[0] < self.hflip,
+            "vflip": u[1] < self.vflip,
+            "k": min(int(u[2] * 4), 3) if self.rot90 else 0,
         }
 
     def _resized_crop(self, inpt: Any, p: dict[str, Any]) -> Any:

@@ -140,21 +140,36 @@ def train_section(
 def inference_section(
     cfg: DictConfig, model: torch.nn.Module, device: torch.device, precision: Any, size: int
 ) -> dict[str, Any]:
+    latencies, amp_check = _network_figures(
+        cfg, model, model, device, precision, size, int(cfg.data.eval_batch_size)
+    )
+    return {**latencies, "amp_check": amp_check}
+
+
+def _network_figures(
+    cfg: DictConfig,
+    net_model: torch.nn.Module,
+    model: torch.nn.Module,
+    device: torch.device,
+    precision: Any,
+    size: int,
+    batch: int,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Latencies of ``net_model`` (the network as served, maybe compiled) and the agreement of
+    ``model`` under ``precision`` with fp32."""
     b = cfg.benchmark
-    out = inference.model_latencies(
-        model,
+    latencies = inference.model_latencies(
+        net_model,
         size,
-        int(cfg.data.eval_batch_size),
+        batch,
         list(cfg.tta.views),
         precision,
         device,
         int(b.warmup),
         int(b.repeats),
     )
-    out["amp_check"] = inference.amp_agreement(
-        model, size, int(cfg.data.batch_size), precision, device
-    )
-    return out
+    amp_check = inference.amp_agreement(model, size, int(cfg.data.batch_size), precision, device)
+    return latencies, amp_check
 
 
 def compare_section(
@@ -318,7 +333,6 @@ def _variant_inference(
     input shape compiles again); their first call, compilation included, is reported apart."""
     from derm_exp.inference.predictor import compile_for_inference
 
-    b = cfg.benchmark
     precision = resolve_precision(amp, device)
     views = list(cfg.tta.views)
     if compiled:
@@ -327,18 +341,9 @@ def _variant_inference(
     out: dict[str, Any] = {"amp": amp, "compiled": compiled}
     if compiled:
         out["first_call_s"] = inference.first_call_seconds(net_model, size, precision, device)
-    out["network"] = inference.model_latencies(
-        net_model,
-        size,
-        len(views) if compiled else int(cfg.data.eval_batch_size),
-        views,
-        precision,
-        device,
-        int(b.warmup),
-        int(b.repeats),
-    )
-    out["amp_check"] = inference.amp_agreement(
-        model, size, int(cfg.data.batch_size), precision, device
+    batch = len(views) if compiled else int(cfg.data.eval_batch_size)
+    out["network"], out["amp_check"] = _network_figures(
+        cfg, net_model, model, device, precision, size, batch
     )
     out["predictor"] = _predictor(
         cfg,
