@@ -17,6 +17,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from sklearn.metrics import roc_curve
 
 from derm_exp.evaluation.calibration import (
@@ -221,7 +222,23 @@ def plot_per_class_bars(
     return fig
 
 
-_PRETTY = {"lr": "Learning rate", "nll": "NLL", "ece": "ECE", "auc": "AUC"}
+_PRETTY = {"lr": "Learning rate", "nll": "NLL", "ece": "ECE", "auc": "AUC", "f1": "F1"}
+# One look per series: colour, line style and marker all differ, so curves stay apart in grey
+# print and where they overlap. Other split names cycle through the remaining colours.
+_STYLES = {
+    "train": ("tab:blue", "-", "o", "train"),
+    "val": ("tab:orange", "-", "o", "val"),
+    "val_raw": ("tab:green", "--", "s", "val, raw weights"),
+    "val_ema": ("tab:purple", ":", "^", "val, EMA weights"),
+    "test": ("tab:red", "-.", "D", "test"),
+    "": ("black", "-", "o", ""),
+}
+_OTHER_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray")
+# Families that repeat another by definition (the trainer's val loss is the NLL; macro recall is
+# balanced accuracy; weighted recall is accuracy): drawn once, named in the kept panel's label.
+_SAME_AS = {"nll": "loss", "macro_recall": "balanced_accuracy", "weighted_recall": "accuracy"}
+_EMA_FLAG = "val/uses_ema"
+_EMA_SHADE = {"color": "tab:purple", "alpha": 0.13, "linewidth": 0}
 
 
 def _pretty(name: str) -> str:
@@ -232,56 +249,126 @@ def _pretty(name: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def plot_training_curves(history: Mapping[str, Sequence[float | None]]) -> Figure:
-    """One subplot per metric family (key suffix after the first '/'), train vs val together.
+def _as_array(seq: Sequence[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else float(v) for v in seq], dtype=float)
 
-    Keys without '/' (e.g. ``lr``) get their own subplot. x is the epoch, 1..n; None/NaN values
-    (epochs without that metric) leave gaps.
+
+def _complete_weight_series(history: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-epoch ``val_raw/*`` and ``val_ema/*`` series, filled from ``val/*`` where selected.
+
+    The trainer logs ``val/*`` for the weights it selected each epoch (``val/uses_ema``) and
+    only some metrics of the other weights, in a list holding just the epochs where they were
+    the other ones. A series that cannot be aligned with the epochs is left out.
     """
+    out = dict(history)
+    flag = history.get(_EMA_FLAG)
+    if flag is None:
+        return out
+    for split, selected in (("val_ema", flag == 1), ("val_raw", flag != 1)):
+        for key in [k for k in history if k.startswith(f"{split}/")]:
+            values = history[key]
+            chosen = history.get(f"val/{key.partition('/')[2]}", np.full(flag.size, np.nan))
+            full = np.full(flag.size, np.nan)
+            if values.size == flag.size:
+                full = np.where(selected & np.isnan(values), chosen[: flag.size], values)
+            elif values.size == int((~selected).sum()) and chosen.size == flag.size:
+                full[~selected], full[selected] = values, chosen[selected]
+            else:
+                del out[key]
+                continue
+            out[key] = full
+    return out
+
+
+def _families(history: Mapping[str, Sequence[float | None]]) -> dict[str, dict[str, np.ndarray]]:
+    """{family: {split: values}}; family = key suffix after the first '/', split = prefix."""
+    arrays = _complete_weight_series({k: _as_array(v) for k, v in history.items()})
+    arrays.pop(_EMA_FLAG, None)  # shown as shading, not as a curve
     families: dict[str, dict[str, np.ndarray]] = {}
-    for key, seq in history.items():
+    for key, arr in arrays.items():
         split, _, family = key.partition("/")
         if not family:
             split, family = "", key
-        arr = np.array([np.nan if v is None else float(v) for v in seq], dtype=float)
         families.setdefault(family, {})[split] = arr
+    for dup, keep in _SAME_AS.items():
+        a, b = families.get(dup, {}), families.get(keep, {})
+        if a and all(s in b and np.allclose(v, b[s], equal_nan=True) for s, v in a.items()):
+            families.pop(dup)
+            note = _pretty(dup) if _pretty(dup).isupper() else _pretty(dup).lower()
+            families[keep]["= " + note] = np.array([])  # label note, no curve
+    return families
 
+
+def _draw_family(ax: Any, family: str, series: dict[str, np.ndarray], ema: np.ndarray) -> None:
+    notes = [s[2:] for s in series if s.startswith("= ")]
+    curves = {s: a for s, a in series.items() if not s.startswith("= ")}
+    weights = {"val_raw", "val_ema"} & set(curves) or ema.size
+    extra = iter(_OTHER_COLORS)
+    for split, arr in curves.items():
+        color, ls, marker, label = _STYLES.get(split) or (next(extra, "black"), "-", "x", split)
+        if split == "val" and weights:
+            label = "val, selected weights"
+        ax.plot(
+            np.arange(1, arr.size + 1),
+            arr,
+            color=color,
+            linestyle=ls,
+            marker=marker if arr.size <= 30 else None,
+            markersize=4,
+            linewidth=2.2 if split == "val" else 1.5,
+            label=label or family,
+        )
+    if any(s.startswith("val") for s in curves):
+        for epoch in np.flatnonzero(ema == 1) + 1:
+            ax.axvspan(epoch - 0.5, epoch + 0.5, **_EMA_SHADE)
+    finite = np.concatenate([a[np.isfinite(a)] for a in curves.values()])
+    if family == "lr" and finite.size and finite.min() > 0 and finite.max() / finite.min() > 50:
+        ax.set_yscale("log")
+    ax.set_title(_pretty(family))
+    ax.set_xlabel("Epoch")
+    ax.set_ylabel(_pretty(family) + (f" (= {', '.join(notes)})" if notes else ""))
+    ax.grid(alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(curves) > 1 or "" not in curves:
+        ax.legend(fontsize=8)
+
+
+def plot_training_curves(history: Mapping[str, Sequence[float | None]]) -> Figure:
+    """One panel per metric family (key suffix after the first '/'), its splits together.
+
+    Losses come first, split-less keys (``lr``) last. Each split has its own colour, line style
+    and marker; ``val_raw``/``val_ema`` (raw and EMA weights) are drawn beside ``val`` (the
+    weights selected that epoch), and the epochs where the EMA weights were selected
+    (``val/uses_ema`` = 1) are shaded. x is the epoch, 1..n; None/NaN values leave gaps.
+    """
+    families = _families(history)
+    ema = _as_array(history.get(_EMA_FLAG, []))
     # Losses first, split-less keys (lr, ...) last, the rest in insertion order (sort is stable).
     order = sorted(families, key=lambda f: 2 if "" in families[f] else 0 if "loss" in f else 1)
     n = max(len(order), 1)
     ncols = min(3, n)
     nrows = math.ceil(n / ncols)
-    fig = _figure(4.6 * ncols, 3.4 * nrows)
+    fig = _figure(4.6 * ncols, 3.4 * nrows + 0.4)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     if not order:
         axes[0].text(0.5, 0.5, "empty history", ha="center", va="center")
         axes[0].set_axis_off()
-    styles = {"train": ("tab:blue", "-"), "val": ("tab:orange", "-"), "test": ("tab:green", "--")}
     for ax, family in zip(axes, order, strict=False):
-        for split, arr in families[family].items():
-            epochs = np.arange(1, arr.size + 1)
-            color, ls = styles.get(split, ("tab:purple", "-"))
-            marker = "o" if arr.size <= 30 else None
-            ax.plot(
-                epochs,
-                arr,
-                color=color,
-                linestyle=ls,
-                marker=marker,
-                markersize=3,
-                label=split or family,
-            )
-        finite = np.concatenate([a[np.isfinite(a)] for a in families[family].values()])
-        if family == "lr" and finite.size and finite.min() > 0 and finite.max() / finite.min() > 50:
-            ax.set_yscale("log")
-        ax.set_title(_pretty(family))
-        ax.set_xlabel("Epoch")
-        ax.set_ylabel(_pretty(family))
-        ax.grid(alpha=0.3)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        if len(families[family]) > 1 or "" not in families[family]:
-            ax.legend(fontsize=8)
+        _draw_family(ax, family, families[family], ema)
     for ax in axes[len(order) :]:
         ax.set_axis_off()
-    fig.suptitle("Training curves")
+    title = "Training curves"
+    if ema.size:
+        chosen = [str(e) for e in np.flatnonzero(ema == 1) + 1]
+        title += (
+            f"; EMA weights selected at epoch(s) {', '.join(chosen)} (shaded), raw otherwise"
+            if chosen
+            else "; raw weights selected at every epoch"
+        )
+        fig.legend(
+            handles=[Patch(**_EMA_SHADE, label="EMA weights selected")],
+            loc="upper right",
+            fontsize=8,
+        )
+    fig.suptitle(title)
     return fig

@@ -3,7 +3,9 @@
 The report itself (metrics, lesion-level bootstrap CIs, JSON, figures) is
 :mod:`derm_exp.evaluation.report`, shared with ``python -m derm_exp.evaluate``. Logged to the
 training run: ``test/*`` metrics (with ``*_ci_low``/``*_ci_high`` and ``*_calibrated``),
-``temperature``, ``evaluation/test_metrics.json`` and ``plots/*.png`` (+ training curves).
+``temperature``, ``evaluation/test_metrics.json`` and ``plots/*.png`` (+ training curves), and
+the training-curve verdict of :mod:`derm_exp.training.diagnosis`: tag ``derm_exp.fit_diagnosis``
+(+ ``_reason``), ``fit/*`` metrics and ``evaluation/fit_diagnosis.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from derm_exp.evaluation.report import evaluate_predictions, log_evaluation
 from derm_exp.inference.tta import check_views, views_to_probabilities
 from derm_exp.training.checkpoint import load_checkpoint, save_checkpoint
 from derm_exp.training.data_setup import Loaders
+from derm_exp.training.diagnosis import FitDiagnosis, diagnose
 from derm_exp.training.loop import StepContext, predict_logits
 from derm_exp.training.selection import warn_if_degenerate
 
@@ -43,6 +46,19 @@ def _test_lesions(best_path: Path, n: int) -> list[str] | None:
         return None
     lesions = load_split_csv(path)["lesion_id"].astype(str).tolist()
     return lesions if len(lesions) == n else None
+
+
+def log_fit_diagnosis(diagnosis: FitDiagnosis) -> None:
+    """Log the verdict to the active MLflow run (tags, ``fit/*`` metrics, JSON) and the log."""
+    mlflow.set_tags(
+        {
+            "derm_exp.fit_diagnosis": diagnosis.verdict,
+            "derm_exp.fit_diagnosis_reason": diagnosis.reason,
+        }
+    )
+    mlflow.log_metrics({f"fit/{k}": v for k, v in diagnosis.numbers.items()})
+    mlflow.log_dict(diagnosis.as_dict(), "evaluation/fit_diagnosis.json")
+    log.info("%s", diagnosis.summary())
 
 
 def final_report(
@@ -108,4 +124,6 @@ def final_report(
         result["calibrated"]["ece"],
         temperature,
     )
+    trainer = cfg.trainer
+    log_fit_diagnosis(diagnose(history, trainer.monitor, trainer.monitor_mode, degenerate))
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -19,21 +20,30 @@ class BatchScheduler:
         self.impl = impl
 
     def step(self, update: int) -> None:
-        """Set the LR for optimizer update number ``update`` (0-based, counted within a stage)."""
+        """Set the LR for optimizer update number ``update`` (0-based, counted within a stage).
+
+        Called before each update's optimizer step. A torch scheduler holds its position
+        (``last_epoch``, 0 = the LR it set at construction): it is advanced to ``update``, so
+        update 0 uses the schedule's first value and the step comes after ``optimizer.step()``.
+        """
         if isinstance(self.impl, CosineLRScheduler):
             self.impl.step_update(num_updates=update)
         elif self.impl is not None:
-            self.impl.step()
+            while self.impl.last_epoch < update:
+                self.impl.step()
 
     def fast_forward(self, updates: int) -> None:
-        """Advance a fresh scheduler to ``updates`` (resume): the LR is a function of the count.
+        """Advance a fresh scheduler to update ``updates`` (resume): the LR is a function of the
+        count, so a rebuilt schedule moved on ``updates`` steps equals the interrupted one.
 
         Schedules are rebuilt rather than restored, so a resumed run with a new
         ``trainer.max_epochs`` follows the schedule for its new length.
         """
-        if isinstance(self.impl, torch.optim.lr_scheduler.OneCycleLR):
-            for _ in range(updates):
-                self.impl.step()
+        with warnings.catch_warnings():
+            # No optimizer step happens while catching up; torch would warn that the order of
+            # optimizer.step() and scheduler.step() is reversed, which it is not in training.
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+            self.step(updates)
 
 
 def build_scheduler(
@@ -43,8 +53,15 @@ def build_scheduler(
     total = max(1, epochs * steps_per_epoch)
     name = cfg.name
     if name in {"cosine_restarts", "cosine"}:
+        # The warm-up comes first and ends at optimizer.lr (warmup_prefix); the cosine cycles
+        # span the updates after it. Without the prefix, timm's warm-up replaces the start of
+        # the cosine and the LR drops at its end (to half of optimizer.lr in a 2-epoch run).
+        warmup = int(cfg.warmup_epochs * steps_per_epoch)
+        remaining = max(1, total - warmup)
         cycle = (
-            total if cfg.cycle_epochs is None else max(1, int(cfg.cycle_epochs * steps_per_epoch))
+            remaining
+            if cfg.cycle_epochs is None
+            else max(1, int(cfg.cycle_epochs * steps_per_epoch))
         )
         impl = CosineLRScheduler(
             optimizer,
@@ -52,9 +69,10 @@ def build_scheduler(
             lr_min=cfg.min_lr,
             cycle_mul=cfg.cycle_mul,
             cycle_decay=cfg.cycle_decay,
-            cycle_limit=1 if cycle >= total else 1000,
-            warmup_t=int(cfg.warmup_epochs * steps_per_epoch),
+            cycle_limit=1 if cycle >= remaining else 1000,
+            warmup_t=warmup,
             warmup_lr_init=cfg.warmup_lr_init,
+            warmup_prefix=True,
             t_in_epochs=False,
         )
         impl.step_update(0)
@@ -64,7 +82,7 @@ def build_scheduler(
         impl = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=max_lr,
-            total_steps=total + 1,
+            total_steps=total,
             pct_start=cfg.pct_start,
             div_factor=cfg.div_factor,
             final_div_factor=cfg.final_div_factor,
