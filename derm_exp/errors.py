@@ -10,20 +10,28 @@ from collections.abc import Iterator
 log = logging.getLogger("derm_exp")
 
 
-class ModelSourceError(ValueError):
+class UserError(Exception):
+    """Base of every "fix your input or config" error: shown as one ``error: ...`` line.
+
+    Each layer defines its own subclasses next to the code that raises them (``ConfigError``,
+    ``DataValidationError``, ``TrackingError``, ...), so this module imports nothing of derm_exp.
+    """
+
+
+class ModelSourceError(UserError, ValueError):
     """A model reference (checkpoint path, MLflow run id, ``models:/`` URI) cannot be resolved."""
 
 
-class PredictionInputError(ValueError):
+class PredictionInputError(UserError, ValueError):
     """An input to prediction is unusable: missing image, empty folder, unknown TTA mode, ..."""
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """The model registry cannot give what was asked: no such model, no match, or members that
     cannot form one ensemble (different classes or data splits)."""
 
 
-class StorageError(RuntimeError):
+class StorageError(UserError, RuntimeError):
     """Writing run outputs failed (disk full, read-only or vanished artifact store, ...).
 
     The message says what failed, where the last good local checkpoint is and how to resume.
@@ -32,29 +40,7 @@ class StorageError(RuntimeError):
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exception types that mean "fix your input or config", not "bug"."""
-    from derm_exp.data.metadata import DataValidationError
-    from derm_exp.models.backbone import PretrainedWeightsError, UnknownModelError
-    from derm_exp.tracking.mlflow_run import TrackingError
-    from derm_exp.training.checkpoint import CheckpointError
-    from derm_exp.training.loop import NonFiniteLossError
-    from derm_exp.training.resume import ResumeError
-    from derm_exp.training.validate import ConfigError
-
-    return (
-        DataValidationError,
-        PretrainedWeightsError,
-        TrackingError,
-        CheckpointError,
-        NonFiniteLossError,
-        ResumeError,
-        ConfigError,
-        UnknownModelError,
-        FileNotFoundError,
-        ModelSourceError,
-        PredictionInputError,
-        RegistryError,
-        StorageError,
-    )
+    return (UserError, FileNotFoundError)
 
 
 def user_message(exc: BaseException) -> str:

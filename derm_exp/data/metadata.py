@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from derm_exp.errors import UserError
+
 log = logging.getLogger(__name__)
 
 CLASSES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
@@ -33,7 +35,7 @@ IMAGE_DIRS: tuple[str, ...] = ("images", "HAM10000_images_part_1", "HAM10000_ima
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
 
 
-class DataValidationError(ValueError):
+class DataValidationError(UserError, ValueError):
     """The dataset (or a split request) is unusable; the message says what and how to fix."""
 
 

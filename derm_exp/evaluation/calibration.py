@@ -13,12 +13,14 @@ from typing import Any
 import numpy as np
 from scipy.special import softmax
 
+from derm_exp.errors import UserError
+
 # Row sums of softmax outputs in float32/float16 drift by ~1e-7..1e-3; anything further off is
 # not a probability vector (e.g. raw logits or TTA "max" aggregation that was not renormalised).
 PROB_SUM_ATOL = 1e-3
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(UserError, ValueError):
     """Raised when labels / probabilities passed to an evaluation function are malformed."""
 
 

@@ -16,16 +16,18 @@ import timm.data
 import torch
 from torch import nn
 
+from derm_exp.errors import UserError
+
 PROBE_TIMEOUT_S = 3.0
 _HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _PASSTHROUGH_PREFIXES = ("hf-hub:", "hf_hub:", "local-dir:")
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError, ValueError):
     """The configured backbone name is not a timm model (or not a valid pretrained tag)."""
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights were requested but cannot be obtained or loaded."""
 
 

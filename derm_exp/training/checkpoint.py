@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from derm_exp.errors import UserError
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, unreadable or belongs to something else."""
 
 

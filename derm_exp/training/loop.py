@@ -11,11 +11,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from derm_exp.errors import UserError
 from derm_exp.training.runtime import Precision
 from derm_exp.training.schedulers import BatchScheduler
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss (or the weights) became NaN/inf."""
 
 

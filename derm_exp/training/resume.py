@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from derm_exp.errors import UserError
 from derm_exp.training.checkpoint import load_checkpoint
 
 # What may change when continuing a run; anything else must match the checkpoint's config.
@@ -45,7 +46,7 @@ _LATEST_KEYS = (
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """The run cannot be resumed as asked."""
 
 
