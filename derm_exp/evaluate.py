@@ -47,7 +47,8 @@ DISCLAIMER = "Research and education only; not a medical device. Do not use for 
 
 def evaluation_frame(cfg: DictConfig, source: Any) -> tuple[Any, str]:
     """The images to evaluate (image_id, lesion_id, dx, path, ...) and a description."""
-    from derm_exp.data.metadata import DataValidationError, load_metadata
+    from derm_exp.data.errors import DataValidationError
+    from derm_exp.data.metadata import load_metadata
     from derm_exp.data.splits import SPLITS, load_split_csv
 
     if cfg.split_csv is not None and cfg.data.root is not None:
@@ -89,7 +90,7 @@ def _warn_if_trained_on(frame: Any, source: Any) -> None:
 
 def check_image_paths(frame: Any, desc: str) -> None:
     """Fail clearly when the frame is empty or image files are missing."""
-    from derm_exp.data.metadata import DataValidationError
+    from derm_exp.data.errors import DataValidationError
 
     if frame.empty:
         raise DataValidationError(f"no images to evaluate in {desc}")
@@ -105,7 +106,7 @@ def check_image_paths(frame: Any, desc: str) -> None:
 
 def class_indices(frame: Any, classes: list[str]) -> Any:
     """Labels as indices into the *checkpoint's* class list."""
-    from derm_exp.data.metadata import DataValidationError
+    from derm_exp.data.errors import DataValidationError
 
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(frame["dx"]) - set(index))

@@ -15,7 +15,8 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from derm_exp.config import normalize_overrides
-from derm_exp.data.metadata import DataValidationError, validate_dataset
+from derm_exp.data.errors import DataValidationError
+from derm_exp.data.metadata import validate_dataset
 from derm_exp.data.splits import SPLITS, save_splits, split_dataset, split_summary
 from derm_exp.data.synthetic import resolve_data_root
 

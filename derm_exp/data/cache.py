@@ -41,8 +41,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import InterpolationMode, v2
 
-from derm_exp.data.dataset import BadImageError, load_image
-from derm_exp.data.metadata import DataValidationError
+from derm_exp.data.errors import DataValidationError
+from derm_exp.data.images import BadImageError, load_image
 from derm_exp.data.transforms import RandomCropFlip
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from derm_exp.errors import UserError
+from derm_exp.data.errors import DataValidationError
+from derm_exp.data.images import BadImageError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,6 @@ OPTIONAL_COLUMNS: tuple[str, ...] = ("dx_type", "age", "sex", "localization")
 # Folders searched for images, in order: the flat layout, then the official two-part download.
 IMAGE_DIRS: tuple[str, ...] = ("images", "HAM10000_images_part_1", "HAM10000_images_part_2")
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
-
-
-class DataValidationError(UserError, ValueError):
-    """The dataset (or a split request) is unusable; the message says what and how to fix."""
 
 
 @dataclass
@@ -323,8 +320,6 @@ def find_unreadable(
     threads because PIL releases the GIL while decoding.
     """
     from tqdm.auto import tqdm
-
-    from derm_exp.data.dataset import BadImageError, load_image
 
     opener = opener or load_image
     paths = list(paths)

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from derm_exp.data.metadata import CLASS_TO_INDEX, CLASSES, DataValidationError
+from derm_exp.data.errors import DataValidationError
+from derm_exp.data.metadata import CLASS_TO_INDEX, CLASSES
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_COLUMNS: tuple[str, ...] = ("image_id", "lesion_id", "dx", "label", "path")

@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from derm_exp.data.metadata import CLASSES, METADATA_FILE, DataValidationError
+from derm_exp.data.errors import DataValidationError
+from derm_exp.data.metadata import CLASSES, METADATA_FILE
 
 log = logging.getLogger(__name__)
 

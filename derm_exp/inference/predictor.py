@@ -4,7 +4,7 @@ Research and education only; not a medical device. Do not use for diagnosis.
 
 The network, its preprocessing (the validation transform it was trained with) and its class list
 come from the checkpoint. Images are opened exactly like the training dataset opens them
-(:func:`derm_exp.data.dataset.load_image`: EXIF orientation applied, any mode to 8-bit RGB,
+(:func:`derm_exp.data.images.load_image`: EXIF orientation applied, any mode to 8-bit RGB,
 transparency composited onto black), so a file gives the same probabilities here as in
 evaluation. The model is loaded once and runs under ``torch.inference_mode`` in channels-last
 memory format; a batch of images (times its TTA views) goes through the network in one forward.
@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from derm_exp.data.dataset import BadImageError, load_image, to_rgb
+from derm_exp.data.images import BadImageError, load_image, to_rgb
 from derm_exp.data.metadata import CLASS_DESCRIPTIONS
 from derm_exp.data.transforms import build_eval_transform
 from derm_exp.errors import ModelSourceError, PredictionInputError

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from derm_exp.data.dataset import BadImageError, load_image
+from derm_exp.data.images import BadImageError, load_image
 from derm_exp.errors import PredictionInputError
 from derm_exp.inference.predictor import DISCLAIMER
 

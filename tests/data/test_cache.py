@@ -19,12 +19,8 @@ from derm_exp.data.cache import (
     cache_spec_for,
     open_image_cache,
 )
-from derm_exp.data.dataset import (
-    LesionDataset,
-    collate_images,
-    load_image,
-    split_batch_transform,
-)
+from derm_exp.data.dataset import LesionDataset, collate_images, split_batch_transform
+from derm_exp.data.images import load_image
 from derm_exp.data.transforms import build_eval_transform, build_train_transform
 
 DATA_CONFIG = {

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from derm_exp.data.dataset import BadImageError, LesionDataset, load_image
-from derm_exp.data.metadata import DataValidationError
+from derm_exp.data.dataset import LesionDataset
+from derm_exp.data.errors import DataValidationError
+from derm_exp.data.images import BadImageError, load_image
 
 
 def save(img: Image.Image, path: Path, **kwargs) -> str:

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from derm_exp.data.metadata import CLASS_TO_INDEX, CLASSES, DataValidationError
+from derm_exp.data.errors import DataValidationError
+from derm_exp.data.metadata import CLASS_TO_INDEX, CLASSES
 from derm_exp.data.splits import load_split_csv, save_splits, split_dataset, split_summary
 
 

@@ -10,7 +10,8 @@ from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
-from derm_exp.data.metadata import CLASSES, DataValidationError, load_metadata
+from derm_exp.data.errors import DataValidationError
+from derm_exp.data.metadata import CLASSES, load_metadata
 from derm_exp.data.splits import split_dataset
 from derm_exp.data.synthetic import (
     class_image_counts,

@@ -12,8 +12,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from derm_exp.data.dataset import LesionDataset, load_image
-from derm_exp.data.metadata import DataValidationError
+from derm_exp.data.dataset import LesionDataset
+from derm_exp.data.errors import DataValidationError
+from derm_exp.data.images import load_image
 from derm_exp.models.classifier import build_model
 from derm_exp.training.data_setup import split_frame
 from derm_exp.training.validate import ConfigError, validate_config, validate_model
