@@ -359,19 +359,19 @@ class DermOptunaSweeper(Sweeper):
         from derm_exp.tuning.best_config import best_experiment_yaml, write_best_config
         from derm_exp.tuning.study import finished_count
 
-        text = best_experiment_yaml(best.user_attrs.get("overrides", []), self._header(best))
         path = None
         if self.best_config_dir is not None:
-            path = write_best_config(
-                Path(self.best_config_dir) / f"best_{self.study_name}.yaml", text
-            )
+            path = Path(self.best_config_dir) / f"best_{self.study_name}.yaml"
+        text = best_experiment_yaml(best.user_attrs.get("overrides", []), self._header(best, path))
+        if path is not None:
+            write_best_config(path, text)
         if self._study_run is not None:
             self._study_run.log_best(
                 best.number, objective, best.value, best.params, finished_count(study), text
             )
         return path
 
-    def _header(self, best: Any) -> list[str]:
+    def _header(self, best: Any, path: Path | None) -> list[str]:
         from derm_exp.tracking.mlflow_run import mask_credentials
 
         return [
@@ -379,7 +379,8 @@ class DermOptunaSweeper(Sweeper):
             f"{self.config.objective} = {best.value:.4f} ({self.direction}).",  # type: ignore[union-attr]
             f"Written by the derm_optuna sweeper on {datetime.now():%Y-%m-%d %H:%M} from "
             f"{mask_credentials(str(self.storage_url))}.",
-            f"Reproduce: python -m derm_exp.train experiment=best_{self.study_name}",
+            f"Reproduce: python -m derm_exp.train experiment=best_{self.study_name}"
+            f"{_searchpath_hint(path) if path is not None else ''}",
         ]
 
     def _finish(self, study: Any, objective: str, status: str) -> None:
