@@ -82,6 +82,29 @@ def best_lines(
     return lines
 
 
+def finished_message(
+    study: optuna.Study,
+    study_name: str,
+    n_trials: int,
+    storage_url: str | None,
+    objective: str,
+    path: Path | None,
+) -> str:
+    """What a re-run of a study that already has ``n_trials`` finished trials prints."""
+    done = finished_count(study)
+    return "\n".join(
+        [
+            f"Optuna study '{study_name}' ({mask_credentials(str(storage_url))}) already has "
+            f"{done} finished trials (n_trials={n_trials}): nothing to run, no sweep folder or "
+            "MLflow run created. Raise hydra.sweeper.n_trials to extend it (e.g. "
+            f"hydra.sweeper.n_trials={done + n_trials}), or set another hydra.sweeper.study_name "
+            "for a new study.",
+            f"  {counts_line(study, n_trials)}",
+            *best_lines(study, study_name, objective, path),
+        ]
+    )
+
+
 def log_start(study: optuna.Study, study_name: str, n_trials: int, failed_now: list[int]) -> None:
     """Log the state a sweep finds its study in."""
     if failed_now:
@@ -96,15 +119,7 @@ def log_start(study: optuna.Study, study_name: str, n_trials: int, failed_now: l
             counts["FAIL"],
             counts["RUNNING"],
         )
-    if done >= n_trials:
-        log.info(
-            "study '%s' already has %d finished trials (n_trials=%d): nothing to run; "
-            "raise hydra.sweeper.n_trials to continue it",
-            study_name,
-            done,
-            n_trials,
-        )
-    else:
+    if done < n_trials:
         log.info(
             "study '%s': %d more trial(s) to reach n_trials=%d",
             study_name,

@@ -16,7 +16,7 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from derm_exp.tracking.mlflow_run import mask_credentials, setup_experiment
+from derm_exp.tracking.mlflow_run import MultirunCallback, mask_credentials, setup_experiment
 
 KIND_TAG = "derm_exp.kind"
 STUDY_KIND = "optuna_study"
@@ -24,6 +24,22 @@ STUDY_KIND = "optuna_study"
 DEGENERATE_TAG = "derm_exp.degenerate_model"
 # Set by the sweeper on a completed trial's run: "true" = scored as the worst value.
 TRIAL_DEGENERATE_TAG = "optuna_degenerate"
+
+
+class DeferredMultirunCallback(MultirunCallback):
+    """The training multirun callback, run by the sweeper only once it knows trials will run.
+
+    Hydra calls ``on_multirun_start`` before the sweeper opens the study; for a study that is
+    already finished, that would create the MLflow store and print a group id that no run ever
+    gets. The ``derm_optuna`` sweeper calls :meth:`start` just before its first trial instead.
+    """
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """Nothing yet: see :meth:`start`."""
+
+    def start(self, config: Any) -> None:
+        """Create the MLflow store and experiment, and print the sweep's group id."""
+        super().on_multirun_start(config)
 
 
 class TrialRuns:

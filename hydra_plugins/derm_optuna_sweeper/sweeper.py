@@ -5,8 +5,9 @@ overrides, the job's return value (the validation ``objective``) is told to Optu
 in-process basic launcher, a pruning hook reports the objective after every epoch and stops
 unpromising trials (status PRUNED; their MLflow run KILLED). The loop is ``Study.optimize``, so
 Optuna's heartbeat marks trials of crashed processes FAIL; a stop callback ends the study at
-``n_trials`` finished trials, counted across every process sharing the storage. A trial whose
-selected model is degenerate is scored the worst value (:mod:`derm_exp.tuning.scoring`).
+``n_trials`` finished trials, counted across every process sharing the storage; a re-run of a
+study that already has them runs nothing and creates no sweep folder, group id or MLflow run. A
+trial whose selected model is degenerate is scored the worst value (:mod:`derm_exp.tuning.scoring`).
 
 This module is imported by Hydra's plugin scan on every start: heavy imports stay in methods.
 """
@@ -143,10 +144,15 @@ class DermOptunaSweeper(Sweeper):
         )
         dead = st.fail_dead_trials(study)
         log_start(study, self.study_name, self.n_trials, dead)
+        if st.finished_count(study) >= self.n_trials:
+            # nothing to run: no sweep folder, group id or MLflow run for an empty multirun
+            self._report_finished(study, objective)
+            return study
 
         sweep_dir = Path(str(cfg.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, sweep_dir / "multirun.yaml")
+        self._start_multirun_callbacks(cfg)
         self._trial_runs = self._open_tracking(cfg, objective)
         if self._study_run is not None:
             for number in dead:
@@ -154,11 +160,10 @@ class DermOptunaSweeper(Sweeper):
 
         status = "FAILED"
         try:
-            if st.finished_count(study) < self.n_trials:
-                study.optimize(
-                    lambda trial: self._run_trial(trial, space, objective),
-                    callbacks=[st.stop_after(self.n_trials), self._after_trial(objective)],
-                )
+            study.optimize(
+                lambda trial: self._run_trial(trial, space, objective),
+                callbacks=[st.stop_after(self.n_trials), self._after_trial(objective)],
+            )
             if self._fatal is not None:
                 raise self._fatal
             status = "FINISHED"
@@ -331,6 +336,28 @@ class DermOptunaSweeper(Sweeper):
         if self.storage_url is not None:
             lines.append(f"  dashboard: optuna-dashboard {storage}")
         print("\n".join(lines))
+
+    def _report_finished(self, study: Any, objective: str) -> None:
+        """The study already has ``n_trials`` finished trials: say so, and how to extend it."""
+        from derm_exp.tuning.study import best_trial
+        from derm_exp.tuning.summary import finished_message
+
+        best = best_trial(study)
+        # the experiment file is derived from the study: (re)write it, e.g. if it was deleted
+        path = self._record_best(study, best, objective) if best is not None else None
+        print(
+            finished_message(
+                study, self.study_name, self.n_trials, self.storage_url, objective, path
+            )
+        )
+
+    def _start_multirun_callbacks(self, cfg: DictConfig) -> None:
+        """Run the multirun-start callbacks deferred until trials are sure to run."""
+        from derm_exp.tuning.tracking import DeferredMultirunCallback
+
+        for callback in getattr(self.hydra_context.callbacks, "callbacks", []):  # type: ignore[union-attr]
+            if isinstance(callback, DeferredMultirunCallback):
+                callback.start(cfg)
 
     def _open_tracking(self, cfg: DictConfig, objective: str) -> Any:
         """The study's parent run (``mlflow_parent_run``) or a plain lookup of trial runs."""

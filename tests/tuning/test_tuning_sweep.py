@@ -181,6 +181,28 @@ def test_best_trial_file_retrains_the_best_trial(smoke: Smoke) -> None:
     assert again["registry.enabled"] is True  # sweep-only settings are not reproduced
 
 
+def test_rerun_of_a_finished_study_runs_nothing(smoke: Smoke) -> None:
+    client = MlflowClient(f"sqlite:///{smoke.tmp}/mlflow.db")
+    exp = client.get_experiment_by_name("derm_exp")
+
+    def snapshot() -> dict[str, tuple[str, int | None]]:
+        runs = client.search_runs([exp.experiment_id])
+        return {r.info.run_id: (r.info.status, r.info.end_time) for r in runs}
+
+    folders = sorted(p for p in smoke.tmp.glob("multirun/*/*") if p.is_dir())
+    runs = snapshot()
+
+    rerun = smoke.sweep()
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "already has 4 finished trials (n_trials=4): nothing to run" in rerun.stdout
+    assert "hydra.sweeper.n_trials=8" in rerun.stdout
+    assert "Traceback" not in rerun.stdout + rerun.stderr
+    assert "sweep group:" not in rerun.stdout  # no group id that no run carries
+    assert sorted(p for p in smoke.tmp.glob("multirun/*/*") if p.is_dir()) == folders
+    assert snapshot() == runs  # no new run, and the study's parent run was not reopened
+    assert len(_study(smoke.tmp).trials) == 4
+
+
 def test_a_sweep_never_crowns_a_degenerate_model(tmp_path: Path, demo_dir: Path) -> None:
     """A sampler power of -5 draws almost only the majority class 'nv' for training, so the
     model learns to predict 'nv' for every image: the trial completes, is scored -inf and
