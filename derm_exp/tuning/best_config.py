@@ -4,6 +4,12 @@ The file is a ``# @package _global_`` diff like every experiment: group choices 
 list (``override /model/head: acrnn``; an ``experiment=demo`` of the sweep command becomes
 ``/experiment/demo``), values to nested keys. ``python -m derm_exp.train experiment=best_<study>``
 then trains the best trial's configuration.
+
+Hydra requires a defaults list to name its plain entries before its overrides, so the included
+experiment comes first whatever its place on the sweep command line. The result is the same: the
+file's own overrides are registered before the included experiment's (so ``model=...`` of the
+trial beats ``experiment=demo``'s ``override /model: tiny``, as on the command line), and
+``_self_`` comes last, so the trial's values beat the experiment's.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ def best_experiment_yaml(
     """The experiment file text for a trial's overrides (fixed ones first, sampled ones last)."""
     groups = config_groups() if groups is None else groups
     parser = OverridesParser.create()
-    defaults: list[Any] = []
+    includes: list[str] = []  # plain entries (the sweep's experiment=...): before any override
+    group_overrides: list[dict[str, Any]] = []
     values: dict[str, Any] = {}
     skipped: list[str] = []
     for override in parser.parse_overrides(normalize_overrides(list(overrides))):
@@ -43,17 +50,17 @@ def best_experiment_yaml(
         if key in groups or "/" in key:
             if key == "experiment":
                 if value is not None:
-                    defaults.append(f"/experiment/{value}")
+                    includes.append(f"/experiment/{value}")
             else:
-                defaults.append({f"override /{key}": value})
+                group_overrides.append({f"override /{key}": value})
         else:
             _set_nested(values, key, value)
     lines = ["# @package _global_", *(f"# {h}" for h in header)]
     if skipped:
         lines.append(f"# not reproduced (deletions): {' '.join(skipped)}")
     body: dict[str, Any] = {}
-    if defaults:
-        body["defaults"] = [*defaults, "_self_"]
+    if includes or group_overrides:
+        body["defaults"] = [*includes, *group_overrides, "_self_"]
     body.update(values)
     text = OmegaConf.to_yaml(OmegaConf.create(body)) if body else ""
     return "\n".join(lines) + "\n" + text

@@ -88,6 +88,18 @@ def format_value(value: Any) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def param_entry(item: tuple[str, Any]) -> str:
+    """``hydra.sweeper.params`` item -> override text (strings are sweep syntax, as written)."""
+    from omegaconf import OmegaConf
+
+    key, value = item
+    if isinstance(value, str):
+        return f"{key}={value}"
+    if isinstance(value, list | dict):
+        return f"{key}={json.dumps(OmegaConf.to_container(OmegaConf.create(value)))}"
+    return f"{key}={format_value(value)}"
+
+
 def parse_search_space(entries: Sequence[str], config_loader: Any = None) -> SearchSpace:
     """Parse ``key=value`` entries; sweeps become distributions, plain values fixed overrides.
 

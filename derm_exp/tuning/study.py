@@ -4,10 +4,16 @@ A study is identified by its name in its storage. Re-running a sweep loads it
 (``load_if_exists``): finished trials are kept, trials whose process died (no heartbeat for the
 grace period) are marked FAIL, and only COMPLETE + PRUNED trials count toward ``n_trials``.
 Several processes pointing at one storage share the study.
+
+A completed trial whose selected model is degenerate (it predicts one class for nearly every
+image) is COMPLETE with the worst possible value (-inf when maximising, +inf when minimising), so
+every sampler ranks it below any real trial, and user attrs ``degenerate=True`` and
+``degenerate_value`` (its real objective). :func:`best_trial` never returns it.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from collections import Counter
@@ -26,6 +32,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ATTR_OBJECTIVE = "derm_exp.objective"
 ATTR_SEARCH_SPACE = "derm_exp.search_space"
+# Trial user attrs: whether the selected model is degenerate, and then its real objective value.
+ATTR_DEGENERATE = "degenerate"
+ATTR_DEGENERATE_VALUE = "degenerate_value"
 
 
 class StudyError(ValueError):
@@ -146,11 +155,35 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+def worst_value(direction: str) -> float:
+    """The score of a degenerate trial: below every real value in ``direction``."""
+    return -math.inf if direction == "maximize" else math.inf
+
+
+def is_degenerate_trial(trial: FrozenTrial) -> bool:
+    return bool(trial.user_attrs.get(ATTR_DEGENERATE))
+
+
+def degenerate_count(study: optuna.Study) -> int:
+    """COMPLETE trials scored as degenerate."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return sum(is_degenerate_trial(t) for t in complete)
+
+
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial, or None while there is none."""
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    """The best COMPLETE trial whose model is not degenerate (first of equals), or None.
+
+    Not ``study.best_trial``: that would return a degenerate trial when no other has completed.
+    """
+    usable = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not is_degenerate_trial(t) and t.value is not None and not math.isnan(t.value)
+    ]
+    if not usable:
         return None
-    return study.best_trial
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(usable, key=lambda t: t.value)
 
 
 def stop_after(n_trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:

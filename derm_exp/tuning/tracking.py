@@ -2,7 +2,9 @@
 
 Trial runs carry the tags ``optuna_study`` and ``optuna_trial`` (set through
 ``++tracking.tags.*`` overrides) and, once linked, ``mlflow.parentRunId``, which nests them under
-the study run in the MLflow UI. Filter them with ``tags.optuna_study = '<study>'``.
+the study run in the MLflow UI. Filter them with ``tags.optuna_study = '<study>'``. The sweeper
+reads a finished trial's run tags (:meth:`TrialRuns.degenerate`) to learn whether its selected
+model is degenerate; this works whichever launcher ran the job, since every job logs to the store.
 """
 
 from __future__ import annotations
@@ -14,13 +16,70 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from derm_exp.tracking.mlflow_run import mask_credentials, setup_experiment
+from derm_exp.tracking.mlflow_run import MultirunCallback, mask_credentials, setup_experiment
 
 KIND_TAG = "derm_exp.kind"
 STUDY_KIND = "optuna_study"
+# Set by the trainer's final report (derm_exp.training.final_report) on every finished run.
+DEGENERATE_TAG = "derm_exp.degenerate_model"
+# Set by the sweeper on a completed trial's run: "true" = scored as the worst value.
+TRIAL_DEGENERATE_TAG = "optuna_degenerate"
 
 
-class StudyRun:
+class DeferredMultirunCallback(MultirunCallback):
+    """The training multirun callback, run by the sweeper only once it knows trials will run.
+
+    Hydra calls ``on_multirun_start`` before the sweeper opens the study; for a study that is
+    already finished, that would create the MLflow store and print a group id that no run ever
+    gets. The ``derm_optuna`` sweeper calls :meth:`start` just before its first trial instead.
+    """
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        """Nothing yet: see :meth:`start`."""
+
+    def start(self, config: Any) -> None:
+        """Create the MLflow store and experiment, and print the sweep's group id."""
+        super().on_multirun_start(config)
+
+
+class TrialRuns:
+    """Find a study's trial runs in the tracking store (by their ``optuna_*`` tags)."""
+
+    def __init__(
+        self, tracking_uri: str, experiment_name: str, artifact_root: str | None, study_name: str
+    ) -> None:
+        self.study_name = study_name
+        self.experiment_id = setup_experiment(tracking_uri, experiment_name, artifact_root)
+        self.client = MlflowClient(tracking_uri)
+
+    def trial_run(self, number: int) -> Run | None:
+        """The latest run of trial ``number`` (None if it never started)."""
+        return self._search(
+            f"tags.optuna_study = '{self.study_name}' and tags.optuna_trial = '{number}'"
+        )
+
+    def check_degenerate(self, number: int) -> bool | None:
+        """Whether trial ``number``'s selected model is degenerate, recorded on its run as tag
+        ``optuna_degenerate``; None when the run or the trainer's tag is missing."""
+        run = self.trial_run(number)
+        tag = None if run is None else run.data.tags.get(DEGENERATE_TAG)
+        if run is None or tag is None:
+            return None
+        degenerate = tag == "true"
+        self.client.set_tag(run.info.run_id, TRIAL_DEGENERATE_TAG, str(degenerate).lower())
+        return degenerate
+
+    def _search(self, filter_string: str) -> Run | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=filter_string,
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+        return runs[0] if runs else None
+
+
+class StudyRun(TrialRuns):
     """The study's parent run: created on the first sweep, reopened when the study resumes."""
 
     def __init__(
@@ -31,9 +90,7 @@ class StudyRun:
         study_name: str,
         description: Mapping[str, Any],
     ) -> None:
-        self.study_name = study_name
-        self.experiment_id = setup_experiment(tracking_uri, experiment_name, artifact_root)
-        self.client = MlflowClient(tracking_uri)
+        super().__init__(tracking_uri, experiment_name, artifact_root, study_name)
         found = self._search(
             f"tags.`{KIND_TAG}` = '{STUDY_KIND}' and tags.optuna_study = '{study_name}'"
         )
@@ -53,9 +110,7 @@ class StudyRun:
 
     def link_trial(self, number: int) -> str | None:
         """Nest trial ``number``'s run under the study run; its run id (None if it never began)."""
-        run = self._search(
-            f"tags.optuna_study = '{self.study_name}' and tags.optuna_trial = '{number}'"
-        )
+        run = self.trial_run(number)
         if run is None:
             return None
         self.client.set_tag(run.info.run_id, "mlflow.parentRunId", self.run_id)
@@ -63,16 +118,16 @@ class StudyRun:
 
     def end_dead_trial(self, number: int) -> None:
         """A trial whose process died leaves its run RUNNING: mark it FAILED."""
-        run = self._search(
-            f"tags.optuna_study = '{self.study_name}' and tags.optuna_trial = '{number}'"
-        )
+        run = self.trial_run(number)
         if run is not None and run.info.status == "RUNNING":
             self.client.set_tag(run.info.run_id, "mlflow.parentRunId", self.run_id)
             self.client.set_terminated(run.info.run_id, status="FAILED")
 
-    def log_trial(self, number: int, objective: str, value: float) -> None:
-        """The objective of a completed trial, as a history on the parent run (step = trial)."""
+    def log_trial(self, number: int, objective: str, value: float, degenerate: bool) -> None:
+        """A completed trial's objective (its real value, also for a degenerate model) and
+        ``trials/degenerate`` (1 = scored as the worst value), as histories (step = trial)."""
         self.client.log_metric(self.run_id, f"trials/{objective}", value, step=number)
+        self.client.log_metric(self.run_id, "trials/degenerate", float(degenerate), step=number)
 
     def log_best(
         self,
@@ -102,12 +157,3 @@ class StudyRun:
     def end(self, status: str) -> None:
         """FINISHED, KILLED (interrupted) or FAILED; a resumed sweep reopens the run."""
         self.client.set_terminated(self.run_id, status=status)
-
-    def _search(self, filter_string: str) -> Run | None:
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=filter_string,
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
-        )
-        return runs[0] if runs else None

@@ -55,3 +55,24 @@ def test_written_file_composes_as_an_experiment(tmp_path: Path) -> None:
     assert cfg.data.root == "/data/HAM10000"
     assert cfg.run_name == "demo"  # from the included experiment=demo
     assert cfg.data.image_size == 64
+
+
+def test_an_experiment_after_group_overrides_still_composes(tmp_path: Path) -> None:
+    """The sweeper lists a search config's fixed params before the command line, so
+    ``experiment=demo`` comes after ``scheduler=none``; Hydra refuses a defaults list with an
+    override before a plain entry ("Overrides must be at the end of the defaults list")."""
+    trial = ["scheduler=none", "hparams_search=optuna_smoke", "experiment=demo", "model=resnet10t"]
+    text = best_experiment_yaml([*trial, "trainer.max_epochs=2", "optimizer.lr=0.01"])
+    assert OmegaConf.to_container(OmegaConf.create(text).defaults) == [
+        "/experiment/demo",
+        {"override /scheduler": "none"},
+        {"override /model": "resnet10t"},
+        "_self_",
+    ]
+    write_best_config(tmp_path / "conf" / "experiment" / "best_t.yaml", text)
+    cfg = compose_train(["experiment=best_t", f"hydra.searchpath=[file://{tmp_path / 'conf'}]"])
+    # as on the command line: the trial's choices and values beat the included experiment's
+    assert cfg.scheduler.name == "none"
+    assert cfg.model.name == "resnet10t"  # demo's own `override /model: tiny` loses
+    assert cfg.trainer.max_epochs == 2 and cfg.optimizer.lr == 0.01  # demo sets 6 and 3e-3
+    assert cfg.data.image_size == 64  # the rest of experiment=demo is kept
