@@ -105,3 +105,23 @@ def test_sampled_trial_becomes_overrides_inside_the_space() -> None:
         assert parsed["model/head"] == params["model/head"]
         study.tell(trial, 0.0)
     assert set(space.describe()) == {"optimizer.lr", "data.batch_size", "model/head"}
+
+
+def test_cmaes_sampler_option_runs_a_study() -> None:
+    """``hydra/sweeper/sampler=cmaes`` needs the ``cmaes`` package at the first proposal."""
+    import optuna
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.derm_optuna_sweeper.config import CmaEsSamplerConf
+
+    sampler = instantiate(OmegaConf.structured(CmaEsSamplerConf(seed=3)))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial: optuna.Trial) -> float:  # two parameters: CMA-ES proper, not 1-D fallback
+        return (trial.suggest_float("x", -2.0, 2.0) - 1.0) ** 2 + trial.suggest_float("y", 0, 1)
+
+    study.optimize(objective, n_trials=12)
+    assert len(study.trials) == 12
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
