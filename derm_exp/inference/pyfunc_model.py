@@ -41,7 +41,8 @@ import os
 import re
 import tempfile
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -216,14 +217,12 @@ class DermEnsembleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from derm_exp.inference.ensemble import EnsemblePredictor
 
-        spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
-        names = list(spec["names"])
-        paths = [context.artifacts[f"member_{i}"] for i in range(len(names))]
+        spec = ensemble_spec(context.artifacts)
         self._ensemble = EnsemblePredictor.from_checkpoints(
-            paths,
-            names=names,
-            aggregation=str(spec["aggregation"]),
-            weights=spec.get("weights"),
+            spec.paths,
+            names=spec.names,
+            aggregation=spec.aggregation,
+            weights=spec.weights,
             device="auto",
             calibrate=True,
         )
@@ -239,6 +238,36 @@ class DermEnsembleModel(mlflow.pyfunc.PythonModel):
             frame[key] = values
         frame.attrs["disclaimer"] = DISCLAIMER
         return frame
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """What a registered ensemble is made of: member names and checkpoint files, aggregation
+    and (for ``weighted_mean``) the weights it was registered with."""
+
+    names: list[str]
+    paths: list[str]
+    aggregation: str
+    weights: list[float] | None
+
+
+def ensemble_spec(artifacts: Mapping[str, str]) -> EnsembleSpec:
+    """The :class:`EnsembleSpec` of a :class:`DermEnsembleModel`'s artifacts (name -> file)."""
+    spec = json.loads(Path(artifacts["ensemble"]).read_text())
+    names = [str(n) for n in spec["names"]]
+    paths = [str(artifacts[f"member_{i}"]) for i in range(len(names))]
+    return EnsembleSpec(names, paths, str(spec["aggregation"]), spec.get("weights"))
+
+
+def model_artifacts(model_dir: str | Path) -> dict[str, str]:
+    """Artifact name -> local file of a logged pyfunc model directory (read from its MLmodel)."""
+    from mlflow.models import Model
+
+    flavor = Model.load(str(Path(model_dir) / "MLmodel")).flavors.get("python_function", {})
+    return {
+        name: str(Path(model_dir) / entry["path"])
+        for name, entry in (flavor.get("artifacts") or {}).items()
+    }
 
 
 # MLflow "models from code": the logged model stores this small script instead of a pickle.
