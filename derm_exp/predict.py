@@ -7,14 +7,16 @@ ensemble: ``model=[ref1,ref2,...]``, ``group=<sweep id>`` or a registered ensemb
 (``models:/derm-ensemble/N``); see :mod:`derm_exp.inference.model_refs`.
 
 One image prints a table (classes sorted by probability). A folder writes a CSV, one row per
-readable image (unreadable files are skipped with a warning): ``image, predicted_class,
-confidence, uncertainty``, then ``view_std`` (one model with TTA) or ``std, entropy,
-mutual_information, disagreement`` (an ensemble), then ``prob_<class>`` for every class and
-``disclaimer``. The disclaimer is a column (repeated on every row) rather than a comment line,
-so any CSV reader loads the file as is. ``uncertainty`` is the normalised predictive entropy
-(0 = certain, 1 = uniform); with TTA, ``view_std`` is the standard deviation across views of the
-predicted class's probability; the ensemble columns are those of
-:mod:`derm_exp.inference.ensemble` (entropy and mutual information in nats).
+image file, in file name order: ``image, predicted_class, confidence, uncertainty``, then
+``view_std`` (one model with TTA) or ``std, entropy, mutual_information, disagreement`` (an
+ensemble), then ``prob_<class>`` for every class, ``error`` and ``disclaimer``. A file that
+cannot be read keeps its row, with only ``image``, ``error`` (why) and ``disclaimer`` filled,
+so the rows line up with the inputs; stderr says how many failed. Exit status 0 when at least
+one image was predicted, 1 when none was. The disclaimer is a column (repeated on every row)
+rather than a comment line, so any CSV reader loads the file as is. ``uncertainty`` is the
+normalised predictive entropy (0 = certain, 1 = uniform); with TTA, ``view_std`` is the
+standard deviation across views of the predicted class's probability; the ensemble columns are
+those of :mod:`derm_exp.inference.ensemble` (entropy and mutual information in nats).
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ import logging
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from derm_exp.config import run_hydra_main
+
+if TYPE_CHECKING:
+    from derm_exp.inference.file_predictions import FilePrediction
 
 log = logging.getLogger("derm_exp.predict")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -64,26 +69,35 @@ def csv_columns(classes: list[str], ensemble: bool, tta: bool) -> list[str]:
     """The CSV header (see the module docstring)."""
     header = ["image", "predicted_class", "confidence", "uncertainty"]
     header += list(ENSEMBLE_COLUMNS) if ensemble else ["view_std"] if tta else []
-    return header + [f"prob_{c}" for c in classes] + ["disclaimer"]
+    return header + [f"prob_{c}" for c in classes] + ["error", "disclaimer"]
 
 
-def _cell(column: str, image: Path, r: dict[str, Any]) -> str:
+def _cell(column: str, found: FilePrediction, disclaimer: str) -> str:
+    r = found.result
     if column == "image":
-        return str(image)
-    if column in ("predicted_class", "disclaimer"):
+        return str(found.path)
+    if column == "error":
+        return found.error or ""
+    if column == "disclaimer":
+        return disclaimer
+    if r is None:  # an unreadable file: no prediction
+        return ""
+    if column == "predicted_class":
         return str(r[column])
     value = r["probabilities"][column[5:]] if column.startswith("prob_") else r[column]
     return f"{value:.6f}"
 
 
-def write_csv(path: Path, rows: list[tuple[Path, dict[str, Any]]], columns: list[str]) -> Path:
-    """One row per image, ``columns`` from :func:`csv_columns`."""
+def write_csv(path: Path, found: list[FilePrediction], columns: list[str]) -> Path:
+    """One row per image file, ``columns`` from :func:`csv_columns`."""
+    from derm_exp.inference.predictor import DISCLAIMER
+
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(columns)
-        for image, r in rows:
-            writer.writerow([_cell(c, image, r) for c in columns])
+        for item in found:
+            writer.writerow([_cell(c, item, DISCLAIMER) for c in columns])
     return path
 
 
@@ -140,8 +154,8 @@ def _ensemble_lines(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def predict(cfg: DictConfig, output_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Run the prediction app; return ``[(image path, prediction dict), ...]``."""
+def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
+    """Run the prediction app; return one :class:`FilePrediction` per image file."""
     from derm_exp.errors import ModelSourceError, PredictionInputError
     from derm_exp.inference.sources import NO_MODEL, model_refs
 
@@ -175,41 +189,52 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[tuple[Path, dict[st
     )
     single = Path(cfg.image).expanduser().is_file()
     found = predict_files(loaded.model, files, int(cfg.batch_size), preset, progress=not single)
-    if single and found[0].error:
-        raise PredictionInputError(f"cannot read image {files[0]}: {found[0].error}")
-    rows = [(p.path, p.result) for p in found if p.result is not None]
+    predicted = [p for p in found if p.result is not None]
     output = Path(cfg.output).expanduser() if cfg.output else None
     if output is None and not single:
         output = Path(output_dir) / "predictions.csv"
-    if single:
-        print(format_table(files[0], rows[0][1], loaded.description))
-    else:
-        _print_summary(rows, len(files), loaded.description, loaded.is_ensemble)
+    if single and predicted:
+        print(format_table(files[0], predicted[0].result, loaded.description))
+    elif not single:
+        _print_summary(found, loaded.description, loaded.is_ensemble)
     if output is not None:
-        if not rows:
-            raise PredictionInputError(f"none of the {len(files)} images could be read")
         columns = csv_columns(loaded.model.classes, loaded.is_ensemble, len(preset.views) > 1)
-        write_csv(output, rows, columns)
+        write_csv(output, found, columns)
         print(f"  CSV: {output}")
+    _report_failures(found, output)
     if not single:
-        print(f"  {rows[0][1]['disclaimer'] if rows else ''}")
-    return rows
+        print(f"  {predicted[0].result['disclaimer']}")
+    return found
 
 
-def _print_summary(
-    rows: list[tuple[Path, dict[str, Any]]], n_files: int, model: str, ensemble: bool
-) -> None:
+def _report_failures(found: list[FilePrediction], output: Path | None) -> None:
+    """Say on stderr how many files could not be read; raise when none could be predicted."""
+    from derm_exp.errors import PredictionInputError
+
+    failed = [p for p in found if p.result is None]
+    where = f" (their rows in {output} give the reason in column 'error')" if output else ""
+    if len(failed) == len(found):
+        if len(found) == 1:
+            raise PredictionInputError(f"cannot read image {found[0].path}: {found[0].error}")
+        raise PredictionInputError(f"none of the {len(found)} images could be read{where}")
+    if failed:
+        print(
+            f"warning: {len(failed)} of {len(found)} images could not be read{where}",
+            file=sys.stderr,
+        )
+
+
+def _print_summary(found: list[FilePrediction], model: str, ensemble: bool) -> None:
     """What a folder's prediction gave, in a few lines."""
-    counts = Counter(r["predicted_class"] for _, r in rows)
-    skipped = n_files - len(rows)
-    print(
-        f"\nPredicted {len(rows)} image(s)"
-        + (f", skipped {skipped} unreadable" if skipped else "")
-        + f" with {model}"
-    )
+    rows = [p.result for p in found if p.result is not None]
+    counts = Counter(r["predicted_class"] for r in rows)
+    of = f" of {len(found)}" if len(rows) < len(found) else ""
+    print(f"\nPredicted {len(rows)}{of} image(s) with {model}")
+    if not rows:
+        return
     print("  predicted classes: " + ", ".join(f"{c} {n}" for c, n in counts.most_common()))
-    if ensemble and rows:
-        means = {k: sum(r[k] for _, r in rows) / len(rows) for k in ENSEMBLE_COLUMNS}
+    if ensemble:
+        means = {k: sum(r[k] for r in rows) / len(rows) for k in ENSEMBLE_COLUMNS}
         print(
             f"  mean uncertainty: std {means['std']:.4f}, entropy {means['entropy']:.4f} nats, "
             f"mutual information {means['mutual_information']:.4f} nats, "

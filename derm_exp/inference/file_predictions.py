@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from tqdm.auto import tqdm
 
 from derm_exp.data.dataset import BadImageError, load_image
+from derm_exp.errors import PredictionInputError
 from derm_exp.inference.tta import TTAPreset
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ def predict_files(
     Each chunk of ``batch_size`` files is decoded here (as the dataset decodes them) and goes
     through the model in one call, so a broken file costs only its own result.
     """
+    if batch_size < 1:
+        raise PredictionInputError(f"batch_size={batch_size} must be >= 1")
     out: list[FilePrediction] = []
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=None if progress else True)
     for start in range(0, len(files), batch_size):

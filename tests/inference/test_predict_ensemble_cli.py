@@ -78,6 +78,7 @@ def test_a_list_of_runs_predicts_a_folder(demo_sweep: DemoSweep, tmp_path: Path)
     folder.mkdir()
     for p in demo_sweep.images[:5]:
         shutil.copy(p, folder / p.name)
+    (folder / "ISIC_broken.jpg").write_bytes(b"\xff\xd8 truncated")
     runs = [demo_sweep.run_ids[1], demo_sweep.run_ids[2]]
     out = tmp_path / "x.csv"
     proc = _predict(
@@ -90,8 +91,9 @@ def test_a_list_of_runs_predicts_a_folder(demo_sweep: DemoSweep, tmp_path: Path)
         "aggregation=geometric_mean",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Predicted 5 image(s) with ensemble of 2" in proc.stdout
+    assert "Predicted 5 of 6 image(s) with ensemble of 2" in proc.stdout
     assert "mean uncertainty: std" in proc.stdout and DISCLAIMER in proc.stdout
+    assert "warning: 1 of 6 images could not be read" in proc.stderr
     table = pd.read_csv(out)
     assert list(table.columns) == [
         "image",
@@ -100,10 +102,17 @@ def test_a_list_of_runs_predicts_a_folder(demo_sweep: DemoSweep, tmp_path: Path)
         "uncertainty",
         *UNCERTAINTY,
         *PROBS,
+        "error",
         "disclaimer",
     ]
-    files = sorted(folder.iterdir())
-    assert table["image"].tolist() == [str(p) for p in files]
+    assert table["image"].tolist() == [str(p) for p in sorted(folder.iterdir())]
+    broken = table["image"].str.endswith("ISIC_broken.jpg")
+    assert table.loc[broken, "error"].str.contains("cannot identify image file").all()
+    assert table.loc[broken, [*PROBS, *UNCERTAINTY]].isna().all(axis=None)
+    assert (table["disclaimer"] == DISCLAIMER).all()
+    table = table[~broken]
+    files = [Path(p) for p in table["image"]]
+    assert table["error"].isna().all()
 
     ensemble = load_ensemble_predictor(
         runs, aggregation="geometric_mean", device="cpu", tracking_uri=demo_sweep.uri
