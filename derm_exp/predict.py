@@ -2,13 +2,21 @@
 
 Research and education only; not a medical device. Do not use for diagnosis.
 
+``model=`` names one model (checkpoint, output folder, MLflow run id, ``models:/`` URI) or an
+ensemble: ``model=[ref1,ref2,...]``, ``group=<sweep id>`` or a registered ensemble
+(``models:/derm-ensemble/N``); see :mod:`derm_exp.inference.model_refs`.
+
 One image prints a table (classes sorted by probability). A folder writes a CSV, one row per
-readable image (unreadable files are skipped with a warning): ``image, predicted_class,
-confidence, uncertainty, [view_std with TTA], prob_<class> for every class, disclaimer``. The
-disclaimer is a column (repeated on every row) rather than a comment line, so any CSV reader
-loads the file as is. ``uncertainty`` is the normalised predictive entropy (0 = certain,
-1 = uniform); with TTA, ``view_std`` is the standard deviation across views of the predicted
-class's probability.
+image file, in file name order: ``image, predicted_class, confidence, uncertainty``, then
+``view_std`` (one model with TTA) or ``std, entropy, mutual_information, disagreement`` (an
+ensemble), then ``prob_<class>`` for every class, ``error`` and ``disclaimer``. A file that
+cannot be read keeps its row, with only ``image``, ``error`` (why) and ``disclaimer`` filled,
+so the rows line up with the inputs; stderr says how many failed. Exit status 0 when at least
+one image was predicted, 1 when none was. The disclaimer is a column (repeated on every row)
+rather than a comment line, so any CSV reader loads the file as is. ``uncertainty`` is the
+normalised predictive entropy (0 = certain, 1 = uniform); with TTA, ``view_std`` is the
+standard deviation across views of the predicted class's probability; the ensemble columns are
+those of :mod:`derm_exp.inference.ensemble` (entropy and mutual information in nats).
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import logging
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -26,8 +34,12 @@ from omegaconf import DictConfig
 
 from derm_exp.config import run_hydra_main
 
+if TYPE_CHECKING:
+    from derm_exp.inference.file_predictions import FilePrediction
+
 log = logging.getLogger("derm_exp.predict")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+ENSEMBLE_COLUMNS = ("std", "entropy", "mutual_information", "disagreement")
 
 
 def find_images(image: str, recursive: bool = False) -> list[Path]:
@@ -53,26 +65,39 @@ def find_images(image: str, recursive: bool = False) -> list[Path]:
     return files
 
 
-def write_csv(path: Path, rows: list[tuple[Path, dict[str, Any]]], classes: list[str]) -> Path:
-    """One row per image; see the module docstring for the columns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tta = any("view_std" in r for _, r in rows)
+def csv_columns(classes: list[str], ensemble: bool, tta: bool) -> list[str]:
+    """The CSV header (see the module docstring)."""
     header = ["image", "predicted_class", "confidence", "uncertainty"]
-    header += ["view_std"] if tta else []
-    header += [f"prob_{c}" for c in classes] + ["disclaimer"]
+    header += list(ENSEMBLE_COLUMNS) if ensemble else ["view_std"] if tta else []
+    return header + [f"prob_{c}" for c in classes] + ["error", "disclaimer"]
+
+
+def _cell(column: str, found: FilePrediction, disclaimer: str) -> str:
+    r = found.result
+    if column == "image":
+        return str(found.path)
+    if column == "error":
+        return found.error or ""
+    if column == "disclaimer":
+        return disclaimer
+    if r is None:  # an unreadable file: no prediction
+        return ""
+    if column == "predicted_class":
+        return str(r[column])
+    value = r["probabilities"][column[5:]] if column.startswith("prob_") else r[column]
+    return f"{value:.6f}"
+
+
+def write_csv(path: Path, found: list[FilePrediction], columns: list[str]) -> Path:
+    """One row per image file, ``columns`` from :func:`csv_columns`."""
+    from derm_exp.inference.predictor import DISCLAIMER
+
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        for image, r in rows:
-            row = [
-                str(image),
-                r["predicted_class"],
-                f"{r['confidence']:.6f}",
-                f"{r['uncertainty']:.6f}",
-            ]
-            row += [f"{r['view_std']:.6f}"] if tta else []
-            row += [f"{r['probabilities'][c]:.6f}" for c in classes] + [r["disclaimer"]]
-            writer.writerow(row)
+        writer.writerow(columns)
+        for item in found:
+            writer.writerow([_cell(c, item, DISCLAIMER) for c in columns])
     return path
 
 
@@ -81,17 +106,24 @@ def format_table(image: Path, r: dict[str, Any], model: str) -> str:
     from derm_exp.data.metadata import CLASS_DESCRIPTIONS
 
     tta = r.get("tta")
+    if not r["calibrated"]:
+        calibration = "off"
+    elif "temperature" in r:
+        calibration = f"temperature {r['temperature']:.3f}"
+    else:
+        calibration = "each member's validation-fitted temperature"
     lines = [
         f"Image        {image}",
         f"Model        {model}",
         "TTA          "
         + (f"{tta['mode']} ({len(tta['views'])} views, {tta['aggregation']})" if tta else "none"),
-        "Calibration  " + (f"temperature {r['temperature']:.3f}" if r["calibrated"] else "off"),
+        f"Calibration  {calibration}",
         "",
         f"Predicted    {r['predicted_class']} - {r['predicted_class_description']}",
         f"Confidence   {r['confidence']:.4f}",
         f"Uncertainty  {r['uncertainty']:.4f} (normalised entropy: 0 certain, 1 uniform)"
         + (f"; view std {r['view_std']:.4f}" if "view_std" in r else ""),
+        *_ensemble_lines(r),
         "",
         f"  {'class':<6} {'probability':>11}  {'':<20}  description",
     ]
@@ -102,73 +134,122 @@ def format_table(image: Path, r: dict[str, Any], model: str) -> str:
     return "\n".join(lines)
 
 
-def predict(cfg: DictConfig, output_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Run the prediction app; return ``[(image path, prediction dict), ...]``."""
-    from derm_exp.errors import ModelSourceError, PredictionInputError
+def _ensemble_lines(r: dict[str, Any]) -> list[str]:
+    """An ensemble's uncertainty and every member's own prediction (nothing for one model)."""
+    if "ensemble" not in r:
+        return []
+    width = max(len(name) for name in r["member_predictions"])
+    members = [
+        f"{name:<{width}}  {cls:<6} weight {w:.3f}"
+        for (name, cls), w in zip(
+            r["member_predictions"].items(), r["ensemble"]["weights"], strict=True
+        )
+    ]
+    return [
+        f"Ensemble     std {r['std']:.4f} across members (probability of "
+        f"{r['predicted_class']}), disagreement {r['disagreement']:.2f}",
+        f"             entropy {r['entropy']:.4f} nats, mutual information "
+        f"{r['mutual_information']:.4f} nats",
+        *(f"{'Members' if i == 0 else '':<13}{line}" for i, line in enumerate(members)),
+    ]
 
-    if cfg.model_ref is None:
-        raise ModelSourceError("no model given: pass model=<checkpoint, run id or models:/ URI>")
+
+def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
+    """Run the prediction app; return one :class:`FilePrediction` per image file."""
+    from derm_exp.errors import ModelSourceError, PredictionInputError
+    from derm_exp.inference.sources import NO_MODEL, model_refs
+
+    refs = model_refs(cfg.model_ref)
+    if not refs and cfg.group is None:
+        raise ModelSourceError(NO_MODEL)
     if cfg.image is None:
         raise PredictionInputError("no image given: pass image=<image file or folder>")
     files = find_images(str(cfg.image), bool(cfg.recursive))
     # Heavy imports (torch, timm) only once the inputs are known to exist.
-    from derm_exp.inference.predictor import SkinLesionPredictor
+    from derm_exp.inference.file_predictions import predict_files
+    from derm_exp.inference.model_refs import load_prediction_model
     from derm_exp.inference.tta import preset_from_config
 
     try:
         preset = preset_from_config(cfg.tta)
     except ValueError as exc:
         raise PredictionInputError(str(exc)) from None
-    predictor = SkinLesionPredictor.from_ref(
-        str(cfg.model_ref),
-        cfg.tracking.uri,
+    loaded = load_prediction_model(
+        refs,
+        None if cfg.group is None else str(cfg.group),
+        registry_name=str(cfg.registry_name),
+        aggregation=None if cfg.aggregation is None else str(cfg.aggregation),
+        rank_by=str(cfg.rank_by),
+        tau=float(cfg.tau),
+        tracking_uri=cfg.tracking.uri,
         device=cfg.device,
         calibrate=bool(cfg.calibrate),
         amp=str(cfg.amp),
         compile=bool(cfg.compile),
     )
     single = Path(cfg.image).expanduser().is_file()
-    found = predictor.iter_predictions(
-        files, int(cfg.batch_size), preset, progress=not single, skip_unreadable=not single
-    )
-    rows = [(files[i], predictor.result(p, v, preset)) for i, p, v in found]
+    found = predict_files(loaded.model, files, int(cfg.batch_size), preset, progress=not single)
+    predicted = [p for p in found if p.result is not None]
     output = Path(cfg.output).expanduser() if cfg.output else None
     if output is None and not single:
         output = Path(output_dir) / "predictions.csv"
-    if single:
-        print(format_table(files[0], rows[0][1], _describe(predictor)))
-    else:
-        counts = Counter(r["predicted_class"] for _, r in rows)
-        skipped = len(files) - len(rows)
-        print(
-            f"\nPredicted {len(rows)} image(s)"
-            + (f", skipped {skipped} unreadable" if skipped else "")
-            + f" with {_describe(predictor)}"
-        )
-        print("  predicted classes: " + ", ".join(f"{c} {n}" for c, n in counts.most_common()))
+    if single and predicted:
+        print(format_table(files[0], predicted[0].result, loaded.description))
+    elif not single:
+        _print_summary(found, loaded.description, loaded.is_ensemble)
     if output is not None:
-        if not rows:
-            raise PredictionInputError(f"none of the {len(files)} images could be read")
-        write_csv(output, rows, predictor.classes)
+        columns = csv_columns(loaded.model.classes, loaded.is_ensemble, len(preset.views) > 1)
+        write_csv(output, found, columns)
         print(f"  CSV: {output}")
+    _report_failures(found, output)
     if not single:
-        print(f"  {rows[0][1]['disclaimer'] if rows else ''}")
-    return rows
+        print(f"  {predicted[0].result['disclaimer']}")
+    return found
 
 
-def _describe(predictor: Any) -> str:
-    source = predictor.source
-    if source is None:
-        return str(predictor.checkpoint_path)
-    run = f", run {source.run_id}" if source.run_id and source.kind != "checkpoint" else ""
-    return f"{source.ref} ({source.kind}{run})"
+def _report_failures(found: list[FilePrediction], output: Path | None) -> None:
+    """Say on stderr how many files could not be read; raise when none could be predicted."""
+    from derm_exp.errors import PredictionInputError
+
+    failed = [p for p in found if p.result is None]
+    where = f" (their rows in {output} give the reason in column 'error')" if output else ""
+    if len(failed) == len(found):
+        if len(found) == 1:
+            raise PredictionInputError(f"cannot read image {found[0].path}: {found[0].error}")
+        raise PredictionInputError(f"none of the {len(found)} images could be read{where}")
+    if failed:
+        print(
+            f"warning: {len(failed)} of {len(found)} images could not be read{where}",
+            file=sys.stderr,
+        )
+
+
+def _print_summary(found: list[FilePrediction], model: str, ensemble: bool) -> None:
+    """What a folder's prediction gave, in a few lines."""
+    rows = [p.result for p in found if p.result is not None]
+    counts = Counter(r["predicted_class"] for r in rows)
+    of = f" of {len(found)}" if len(rows) < len(found) else ""
+    print(f"\nPredicted {len(rows)}{of} image(s) with {model}")
+    if not rows:
+        return
+    print("  predicted classes: " + ", ".join(f"{c} {n}" for c, n in counts.most_common()))
+    if ensemble:
+        means = {k: sum(r[k] for r in rows) / len(rows) for k in ENSEMBLE_COLUMNS}
+        print(
+            f"  mean uncertainty: std {means['std']:.4f}, entropy {means['entropy']:.4f} nats, "
+            f"mutual information {means['mutual_information']:.4f} nats, "
+            f"disagreement {means['disagreement']:.3f}"
+        )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     """Hydra entry point."""
+    import os
+
     from derm_exp.errors import report_user_errors
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # ours is enough
     with report_user_errors():
         predict(cfg, Path(HydraConfig.get().runtime.output_dir))
 

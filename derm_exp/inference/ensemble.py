@@ -325,8 +325,12 @@ class EnsemblePredictor:
         weights: Sequence[float] | None = None,
         device: str = "auto",
         calibrate: bool = True,
+        amp: str = "off",
+        compile: bool = False,
     ) -> EnsemblePredictor:
-        """Load every member's network; for ``weighted_mean`` derive weights from ``rank_by``."""
+        """Load every member's network; for ``weighted_mean`` derive weights from ``rank_by``.
+
+        ``amp`` and ``compile`` apply to every member (see :class:`SkinLesionPredictor`)."""
         check_compatible(members)
         if aggregation == "weighted_mean" and weights is None:
             key = rank_by.replace("/", "_")
@@ -340,7 +344,9 @@ class EnsemblePredictor:
                 [m.val_metrics[key] for m in members], tau, not lower_is_better(key)
             ).tolist()
         predictors = [
-            SkinLesionPredictor.from_checkpoint(m.checkpoint, device=device, calibrate=calibrate)
+            SkinLesionPredictor.from_checkpoint(
+                m.checkpoint, device=device, calibrate=calibrate, amp=amp, compile=compile
+            )
             for m in members
         ]
         return cls(members, predictors, aggregation, weights)
@@ -516,6 +522,16 @@ class EnsemblePredictor:
             result["disclaimer"] = DISCLAIMER
             results.append(result)
         return results
+
+    def predict_batch(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 32,
+        tta: str | TTAPreset | None = None,
+        progress: bool = False,
+    ) -> list[dict[str, Any]]:
+        """:meth:`predict` under the name and signature of ``SkinLesionPredictor.predict_batch``."""
+        return self.predict(images, batch_size, tta, progress)
 
     def predict_with_tta(
         self, images: Sequence[ImageInput] | ImageInput, mode: str = "medium", batch_size: int = 32

@@ -15,8 +15,13 @@ Input format (one image per row, images of any size: each is resized and centre-
 as at training time, from the checkpoint's own preprocessing config):
 
 * a pandas DataFrame with a column ``image`` (or a single column of any name) whose cells are
-  file paths, raw encoded image bytes (JPEG/PNG/...), or base64 strings of such bytes;
+  file paths, raw encoded image bytes (JPEG/PNG/...), base64 strings of such bytes (standard or
+  URL-safe alphabet, line breaks allowed), or ``data:image/...;base64,...`` URIs;
 * or a plain list (or 1-D array / Series) of the same.
+
+A string is read as a data URI when it starts with ``data:``, else as a path when that file
+exists, else as base64; anything else is a :class:`~derm_exp.errors.PredictionInputError` naming
+the row.
 
 Loading unpickles nothing: the model is logged "from code" (a three-line script that imports a
 class below; settings are artifacts), and ``load_context`` rebuilds the network
@@ -32,8 +37,12 @@ import binascii
 import io
 import json
 import logging
+import os
+import re
 import tempfile
-from collections.abc import Sequence
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,35 +56,95 @@ from derm_exp.errors import PredictionInputError
 from derm_exp.inference.predictor import DISCLAIMER
 
 IMAGE_COLUMN = "image"
+_URLSAFE = str.maketrans("-_", "+/")
 
 
-def _decode(item: Any, index: int) -> Any:
-    """One input cell -> a path string, a PIL image or an array (what the predictor accepts)."""
-    if isinstance(item, Image.Image | np.ndarray):
-        return item
-    if isinstance(item, Path):
-        item = str(item)
-    if isinstance(item, bytes | bytearray | memoryview):
-        data = bytes(item)
-    elif isinstance(item, str):
-        if Path(item).expanduser().is_file():
-            return str(Path(item).expanduser())
-        try:
-            data = base64.b64decode(item, validate=True)
-        except (binascii.Error, ValueError):
-            raise PredictionInputError(
-                f"image {index}: {item[:80]!r} is neither an existing file nor base64-encoded "
-                "image bytes"
-            ) from None
-    else:
-        raise PredictionInputError(
-            f"image {index}: unsupported type {type(item).__name__}; give a file path, encoded "
-            "image bytes or a base64 string"
-        )
+def _image(data: bytes, index: int, what: str) -> Image.Image:
+    """Decode encoded image bytes exactly as the dataset opens files."""
     try:
         return load_image(io.BytesIO(data))  # type: ignore[arg-type]  # PIL reads file objects
     except BadImageError as exc:
-        raise PredictionInputError(f"image {index}: not a readable image ({exc})") from None
+        cause = exc.__cause__ or exc
+        reason = re.sub(r"\s*<_io\.BytesIO object at \w+>", "", str(cause))
+        raise PredictionInputError(
+            f"image {index}: {what} is not a readable image ({type(cause).__name__}: {reason})"
+        ) from None
+
+
+def _from_data_uri(text: str, index: int) -> Image.Image:
+    """``data:[<media type>][;base64],<payload>`` (RFC 2397) -> the image it holds."""
+    header, sep, payload = text.partition(",")
+    if not sep:
+        raise PredictionInputError(f"image {index}: data URI {text[:40]!r}... has no ',' payload")
+    if header.lower().endswith(";base64"):
+        data = _b64(urllib.parse.unquote(payload))
+        if data is None:
+            raise PredictionInputError(
+                f"image {index}: the payload of data URI {header!r} is not valid base64"
+            )
+    else:  # a percent-encoded payload
+        data = urllib.parse.unquote_to_bytes(payload)
+    return _image(data, index, f"data URI {header!r}")
+
+
+def _b64(text: str) -> bytes | None:
+    """Bytes of standard or URL-safe base64 (line breaks and missing padding tolerated)."""
+    compact = "".join(text.split()).translate(_URLSAFE)
+    if not compact:
+        return None
+    try:
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _from_text(text: str, index: int) -> str | Image.Image:
+    """A string cell: a data URI, an existing file path, or raw base64, in that order.
+
+    ``os.path.isfile`` (not ``Path.is_file``) because a long base64 string is no valid file name:
+    ``Path.is_file`` raises ``OSError: File name too long`` for it, ``os.path.isfile`` says False.
+    """
+    stripped = text.strip()
+    if stripped[:5].lower() == "data:":
+        return _from_data_uri(stripped, index)
+    path = os.path.expanduser(text)
+    if os.path.isfile(path):
+        return path
+    data = _b64(stripped)
+    if data is None:
+        raise PredictionInputError(
+            f"image {index}: {text[:80]!r} is neither an existing file nor base64-encoded image "
+            "bytes (raw base64 or a data:image/...;base64,... URI)"
+        )
+    return _image(data, index, f"{text[:40]!r} is not an existing file, and as base64 it")
+
+
+def _decode(item: Any, index: int) -> Any:
+    """One input cell -> a path string, a PIL image or an array (what the predictor accepts).
+
+    Cells: PIL images and arrays as they are; paths; encoded image bytes; base64 or a data URI
+    (as ``str``, or as ASCII ``bytes``).
+    """
+    if isinstance(item, Image.Image | np.ndarray):
+        return item
+    if isinstance(item, os.PathLike):
+        item = os.fspath(item)
+    if isinstance(item, bytes | bytearray | memoryview):
+        data = bytes(item)
+        if not data.isascii():  # every encoded image format we read has binary bytes
+            return _image(data, index, f"{len(data)} bytes")
+        try:
+            return _from_text(data.decode("ascii"), index)
+        except PredictionInputError:
+            return _image(data, index, f"{len(data)} bytes")  # e.g. an ASCII PGM
+    if isinstance(item, str):
+        return _from_text(item, index)
+    if item is None or (isinstance(item, float) and np.isnan(item)):
+        raise PredictionInputError(f"image {index}: empty cell")
+    raise PredictionInputError(
+        f"image {index}: unsupported type {type(item).__name__}; give a file path, encoded "
+        "image bytes or a base64 string"
+    )
 
 
 def images_from_input(model_input: Any) -> list[Any]:
@@ -148,14 +217,12 @@ class DermEnsembleModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         from derm_exp.inference.ensemble import EnsemblePredictor
 
-        spec = json.loads(Path(context.artifacts["ensemble"]).read_text())
-        names = list(spec["names"])
-        paths = [context.artifacts[f"member_{i}"] for i in range(len(names))]
+        spec = ensemble_spec(context.artifacts)
         self._ensemble = EnsemblePredictor.from_checkpoints(
-            paths,
-            names=names,
-            aggregation=str(spec["aggregation"]),
-            weights=spec.get("weights"),
+            spec.paths,
+            names=spec.names,
+            aggregation=spec.aggregation,
+            weights=spec.weights,
             device="auto",
             calibrate=True,
         )
@@ -171,6 +238,36 @@ class DermEnsembleModel(mlflow.pyfunc.PythonModel):
             frame[key] = values
         frame.attrs["disclaimer"] = DISCLAIMER
         return frame
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    """What a registered ensemble is made of: member names and checkpoint files, aggregation
+    and (for ``weighted_mean``) the weights it was registered with."""
+
+    names: list[str]
+    paths: list[str]
+    aggregation: str
+    weights: list[float] | None
+
+
+def ensemble_spec(artifacts: Mapping[str, str]) -> EnsembleSpec:
+    """The :class:`EnsembleSpec` of a :class:`DermEnsembleModel`'s artifacts (name -> file)."""
+    spec = json.loads(Path(artifacts["ensemble"]).read_text())
+    names = [str(n) for n in spec["names"]]
+    paths = [str(artifacts[f"member_{i}"]) for i in range(len(names))]
+    return EnsembleSpec(names, paths, str(spec["aggregation"]), spec.get("weights"))
+
+
+def model_artifacts(model_dir: str | Path) -> dict[str, str]:
+    """Artifact name -> local file of a logged pyfunc model directory (read from its MLmodel)."""
+    from mlflow.models import Model
+
+    flavor = Model.load(str(Path(model_dir) / "MLmodel")).flavors.get("python_function", {})
+    return {
+        name: str(Path(model_dir) / entry["path"])
+        for name, entry in (flavor.get("artifacts") or {}).items()
+    }
 
 
 # MLflow "models from code": the logged model stores this small script instead of a pickle.

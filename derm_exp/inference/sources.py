@@ -25,6 +25,21 @@ BEST_CHECKPOINT = "checkpoints/checkpoint_best.pt"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?$")
 
 
+NO_MODEL = (
+    "no model given: pass model=<checkpoint, run id or models:/ URI>, model=[ref1,ref2,...] "
+    "(an ensemble) or group=<sweep id>"
+)
+
+
+def model_refs(value: object) -> list[str]:
+    """A ``model=`` value as a list: nothing -> [], one reference -> [it], a list -> its items."""
+    if value is None:
+        return []
+    if isinstance(value, Sequence) and not isinstance(value, str):  # also omegaconf's ListConfig
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [str(value).strip()] if str(value).strip() else []
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """A resolved model reference.
@@ -124,8 +139,8 @@ def run_artifact(run_id: str, artifact_path: str, tracking_uri: str) -> Path:
         ) from exc
 
 
-def _registry_run(uri: str, tracking_uri: str) -> tuple[str, str]:
-    """(run id, version) of a ``models:/NAME@alias`` or ``models:/NAME/<version|latest>`` URI."""
+def registry_version(uri: str, tracking_uri: str):
+    """The ``ModelVersion`` behind ``models:/NAME@alias`` or ``models:/NAME/<version|latest>``."""
     import mlflow
 
     m = _MODELS_URI.match(uri)
@@ -137,19 +152,35 @@ def _registry_run(uri: str, tracking_uri: str) -> tuple[str, str]:
     name = m["name"]
     try:
         if m["alias"]:
-            mv = client.get_model_version_by_alias(name, m["alias"])
-        elif m["version"] == "latest":
+            return client.get_model_version_by_alias(name, m["alias"])
+        if m["version"] == "latest":
             versions = client.search_model_versions(f"name = '{name}'")
             if not versions:
                 raise ModelSourceError(f"registered model {name!r} has no version")
-            mv = max(versions, key=lambda v: int(v.version))
-        else:
-            mv = client.get_model_version(name, m["version"])
+            return max(versions, key=lambda v: int(v.version))
+        return client.get_model_version(name, m["version"])
     except mlflow.exceptions.MlflowException as exc:
         raise ModelSourceError(
             f"model={uri}: not found in the registry at {_mask(tracking_uri)} "
             f"({str(exc).splitlines()[0]})"
         ) from exc
+
+
+def is_registered_ensemble(version) -> bool:
+    """Whether a model version is an ensemble registered by ``derm_exp.ensemble register=true``."""
+    return (version.tags or {}).get("kind") == "ensemble"
+
+
+def _registry_run(uri: str, tracking_uri: str) -> tuple[str, str]:
+    """(run id, version) of the single classifier a ``models:/`` URI names."""
+    mv = registry_version(uri, tracking_uri)
+    if is_registered_ensemble(mv):
+        members = (mv.tags or {}).get("members", "")
+        raise ModelSourceError(
+            f"model={uri} is a registered ensemble ({members or 'several members'}), not one "
+            f"classifier: predict with it through `python -m derm_exp.predict model={uri}`, or "
+            "evaluate its members together with `python -m derm_exp.ensemble models=[...]`"
+        )
     if not mv.run_id:
         raise ModelSourceError(f"model={uri}: version {mv.version} has no source run")
     return mv.run_id, str(mv.version)

@@ -1,4 +1,5 @@
-"""``python -m derm_exp.predict``: a folder gives one CSV row per image; clear user errors."""
+"""``python -m derm_exp.predict``: a folder gives one CSV row per image file (an unreadable one
+with its error); clear user errors."""
 
 from __future__ import annotations
 
@@ -57,9 +58,15 @@ def test_folder_writes_one_row_per_image(trained_model: TrainedModel, tmp_path: 
         f"tracking.uri={trained_model.tracking_uri}",
         f"hydra.run.dir={tmp_path / 'run'}",
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr  # some images were predicted
     table = pd.read_csv(out)
-    assert sorted(Path(p).name for p in table["image"]) == ["img0.jpg", "img1.png", "img2.JPEG"]
+    # Every image file has its row, in file name order; the unreadable one says why.
+    assert [Path(p).name for p in table["image"]] == [
+        "broken.jpg",
+        "img0.jpg",
+        "img1.png",
+        "img2.JPEG",
+    ]
     assert list(table.columns) == [
         "image",
         "predicted_class",
@@ -67,11 +74,39 @@ def test_folder_writes_one_row_per_image(trained_model: TrainedModel, tmp_path: 
         "uncertainty",
         "view_std",
         *(f"prob_{c}" for c in CLASSES),
+        "error",
         "disclaimer",
     ]
-    np.testing.assert_allclose(table[[f"prob_{c}" for c in CLASSES]].sum(axis=1), 1.0, atol=1e-4)
+    good, broken = table.iloc[1:], table.iloc[0]
+    np.testing.assert_allclose(good[[f"prob_{c}" for c in CLASSES]].sum(axis=1), 1.0, atol=1e-4)
+    assert good["error"].isna().all()
+    assert "cannot identify image file" in broken["error"]
+    assert broken.drop(["image", "error", "disclaimer"]).isna().all()
     assert (table["disclaimer"] == DISCLAIMER).all()
-    assert "skipped 1 unreadable" in proc.stdout
+    assert "Predicted 3 of 4 image(s)" in proc.stdout
+    assert "warning: 1 of 4 images could not be read" in proc.stderr
+
+
+def test_a_folder_of_unreadable_files_fails_with_its_rows(
+    trained_model: TrainedModel, tmp_path: Path
+) -> None:
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        (folder / name).write_bytes(b"\x89PNG not really")
+    out = tmp_path / "preds.csv"
+    proc = _cli(
+        f"model={trained_model.checkpoint}",
+        f"image={folder}",
+        f"output={out}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert proc.returncode == 1
+    assert "error: none of the 2 images could be read" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    table = pd.read_csv(out)
+    assert table["image"].tolist() == [str(folder / "a.jpg"), str(folder / "b.png")]
+    assert table["error"].notna().all() and table["predicted_class"].isna().all()
 
 
 def test_single_image_prints_a_sorted_table(trained_model, tmp_path, capsys) -> None:
@@ -83,7 +118,8 @@ def test_single_image_prints_a_sorted_table(trained_model, tmp_path, capsys) -> 
         [f"model_ref={trained_model.checkpoint}", f"image={image}", "device=cpu"],
         config_name="predict",
     )
-    [(_, result)] = predict(cfg, tmp_path / "run")
+    [found] = predict(cfg, tmp_path / "run")
+    result = found.result
     assert cfg.amp == "off"  # fp32 unless asked: YAML must not read it as False
     text = capsys.readouterr().out
     rows = [line.split()[0] for line in text.splitlines() if line[2:8].strip() in CLASSES]
@@ -114,6 +150,10 @@ def test_user_errors(trained_model: TrainedModel, tmp_path: Path) -> None:
             compose_train(["model_ref=no-such-model", f"image={image}"], config_name="predict"),
             tmp_path / "run",
         )
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(PredictionInputError, match="cannot read image .*broken.jpg: Unidentified"):
+        run(image=str(broken))
     with pytest.raises(PredictionInputError, match="amp='fp8': choose off, bf16"):
         run(image=str(image), amp="fp8")
     with pytest.raises(ModelSourceError, match="no model given"):
