@@ -37,9 +37,10 @@ def format_split(split_df: pd.DataFrame) -> str:
 def prepare(cfg: DictConfig) -> int:
     """Validate, preview the split, optionally write it; return the exit status."""
     # Imported here so that --help and argument errors do not wait for pandas.
-    from derm_exp.data.metadata import DataValidationError, validate_dataset
+    from derm_exp.data.metadata import DataValidationError
     from derm_exp.data.splits import save_splits, split_dataset
     from derm_exp.data.synthetic import resolve_data_root
+    from derm_exp.data.validation import validate_dataset
 
     data = cfg.data
     root = resolve_data_root(data)
