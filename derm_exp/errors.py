@@ -30,25 +30,29 @@ class StorageError(RuntimeError):
     """
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exception types that mean "fix your input or config", not "bug"."""
-    from derm_exp.data.metadata import DataValidationError
-    from derm_exp.models.backbone import PretrainedWeightsError, UnknownModelError
-    from derm_exp.tracking.mlflow_run import TrackingError
-    from derm_exp.training.checkpoint import CheckpointError
-    from derm_exp.training.loop import NonFiniteLossError
-    from derm_exp.training.resume import ResumeError
-    from derm_exp.training.validate import ConfigError
+# (module, class) of the user-error types defined outside this module.
+_USER_ERRORS = (
+    ("derm_exp.data.metadata", "DataValidationError"),
+    ("derm_exp.models.backbone", "PretrainedWeightsError"),
+    ("derm_exp.tracking.mlflow_run", "TrackingError"),
+    ("derm_exp.training.checkpoint", "CheckpointError"),
+    ("derm_exp.training.loop", "NonFiniteLossError"),
+    ("derm_exp.training.resume", "ResumeError"),
+    ("derm_exp.training.validate", "ConfigError"),
+    ("derm_exp.models.backbone", "UnknownModelError"),
+)
 
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exception types that mean "fix your input or config", not "bug".
+
+    Only those whose module is already imported: an exception of any other type cannot have
+    been raised, and importing their modules (torch, timm, mlflow) just to name the types would
+    make an error found before the heavy imports (a wrong data.root) wait seconds for them.
+    """
+    found = tuple(getattr(sys.modules[m], n) for m, n in _USER_ERRORS if m in sys.modules)
     return (
-        DataValidationError,
-        PretrainedWeightsError,
-        TrackingError,
-        CheckpointError,
-        NonFiniteLossError,
-        ResumeError,
-        ConfigError,
-        UnknownModelError,
+        *found,
         FileNotFoundError,
         ModelSourceError,
         PredictionInputError,

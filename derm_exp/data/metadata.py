@@ -166,6 +166,19 @@ def layout_problems(root: Path, metadata_file: str = METADATA_FILE) -> list[str]
     return problems
 
 
+def check_data_root(root: str | Path | None, metadata_file: str = METADATA_FILE) -> None:
+    """Raise :class:`DataValidationError` when a given ``data.root`` cannot be a dataset.
+
+    ``None`` (the generated demo dataset) passes. Only the layout is checked (see
+    :func:`layout_problems`); :func:`load_metadata` checks the rest when the data is loaded.
+    """
+    if root is None:
+        return
+    report = ValidationReport(root=Path(root).expanduser().resolve(), metadata_file=metadata_file)
+    report.fatal = layout_problems(report.root, metadata_file)
+    _raise_if_fatal(report)
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     import pandas as pd
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from derm_exp.data.metadata import check_data_root
 from derm_exp.training.validate import AMP_MODES, ConfigError
 
 SECTIONS = ("loader", "train", "inference", "compare")
 
 
 def check_benchmark_config(cfg: DictConfig) -> list[str]:
-    """The sections to run; :class:`ConfigError` for unknown sections or too-small counts."""
+    """The sections to run; :class:`ConfigError` for unknown sections or too-small counts,
+    :class:`~derm_exp.data.metadata.DataValidationError` for a ``data.root`` that is no dataset."""
     b = cfg.benchmark
     sections = [str(s) for s in b.sections]
     problems = [f"unknown section {s!r}" for s in sections if s not in SECTIONS]
@@ -26,4 +28,5 @@ def check_benchmark_config(cfg: DictConfig) -> list[str]:
         raise ConfigError(
             "invalid benchmark configuration: " + "; ".join(problems) + f" (sections: {SECTIONS})"
         )
+    check_data_root(cfg.data.root, cfg.data.metadata_file)
     return sections
