@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
@@ -180,10 +180,34 @@ def _unknown_key(plain: Sequence[str], cfg: DictConfig) -> str | None:
     return None
 
 
+def as_list(value: object) -> list:
+    """A list setting as a list: one value (``bf16``) is a one-item list, null an empty one."""
+    if value is None:
+        return []
+    if isinstance(value, ListConfig | list | tuple):
+        return list(value)
+    return [value]
+
+
+def _as_list_override(override: str, cfg: DictConfig) -> str:
+    """``benchmark.inference_amp=bf16`` -> ``benchmark.inference_amp=[bf16]`` for a list key.
+
+    Hydra would store the bare string, and code iterating the setting would get "b", "f", ...
+    """
+    key, value = override.split("=", 1)
+    text = value.strip()
+    if not isinstance(OmegaConf.select(cfg, key, default=None), ListConfig):
+        return override
+    if not text or text.startswith("[") or text == "null" or "${" in text:
+        return override
+    return f"{key}=[{value}]"
+
+
 def check_overrides(overrides: Sequence[str], config_name: str) -> tuple[list[str], str | None]:
     """(the overrides to run with, an error message or None).
 
     Composes the config once; sweep overrides (``a=1,2``) and Hydra's own keys are not checked.
+    A single value for a list setting becomes a one-item list.
     """
     message = foreign_group_message(overrides, config_name)
     if message:
@@ -191,14 +215,17 @@ def check_overrides(overrides: Sequence[str], config_name: str) -> tuple[list[st
     cfg = _compose_for_checks(overrides, config_name)
     if not isinstance(cfg, DictConfig):
         return list(overrides), cfg
-    return list(overrides), _unknown_key(_value_overrides(overrides), cfg)
+    plain = _value_overrides(overrides)
+    message = _unknown_key(plain, cfg)
+    return [_as_list_override(o, cfg) if o in plain else o for o in overrides], message
 
 
 def run_hydra_main(main, config_name: str) -> None:
     """Normalise ``sys.argv`` overrides, report unusable ones clearly, then run ``main``.
 
-    Dotted group selections become Hydra's form; a group the app does not compose, an unknown
-    option or an unknown key is one ``error:`` line (exit status 2) instead of Hydra's advice.
+    Dotted group selections become Hydra's form, a single value given for a list setting becomes
+    a one-item list, and a group the app does not compose, an unknown option or an unknown key
+    is one ``error:`` line (exit status 2) instead of Hydra's advice.
     """
     import sys
 
@@ -209,6 +236,8 @@ def run_hydra_main(main, config_name: str) -> None:
         if message:
             print(f"error: {message}", file=sys.stderr)
             sys.exit(2)
+        rewritten = iter(checked)
+        args = [a if a.startswith("-") else next(rewritten) for a in args]
         rewritten = iter(checked)
         args = [a if a.startswith("-") else next(rewritten) for a in args]
     sys.argv[1:] = args
