@@ -7,7 +7,7 @@ synthetic tensors vs the real loader; inference latency (single, batch, TTA view
 serial, the end-to-end predictor and an ensemble); peak memory; an estimated HAM10000 epoch.
 Every figure is a median over repeats after untimed warm-up. Examples::
 
-    python -m derm_exp.benchmark data.root=../shared/data/HAM10000_600x450_sample
+    python -m derm_exp.benchmark data.root=data/HAM10000
     python -m derm_exp.benchmark model=tiny data.image_size=32 benchmark.batches=2
 """
 

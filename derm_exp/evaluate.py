@@ -45,14 +45,26 @@ log = logging.getLogger("derm_exp.evaluate")
 DISCLAIMER = "Research and education only; not a medical device. Do not use for diagnosis."
 
 
+def check_inputs(cfg: DictConfig) -> None:
+    """Fail at once, before torch loads, when the model or the data to evaluate is not there."""
+    from derm_exp.data.metadata import DataValidationError, check_data_root
+    from derm_exp.errors import ModelSourceError
+
+    if cfg.model_ref is None:
+        raise ModelSourceError("no model given: pass model=<checkpoint, run id or models:/ URI>")
+    if cfg.split_csv is not None and cfg.data.root is not None:
+        raise DataValidationError("give either split_csv=... or data.root=..., not both")
+    if cfg.split_csv is not None and not Path(cfg.split_csv).expanduser().is_file():
+        raise DataValidationError(f"split_csv={cfg.split_csv}: no such file")
+    check_data_root(cfg.data.root, cfg.data.metadata_file)
+
+
 def evaluation_frame(cfg: DictConfig, source: Any) -> tuple[Any, str]:
     """The images to evaluate (image_id, lesion_id, dx, path, ...) and a description."""
     from derm_exp.data.errors import DataValidationError
     from derm_exp.data.metadata import load_metadata
     from derm_exp.data.splits import SPLITS, load_split_csv
 
-    if cfg.split_csv is not None and cfg.data.root is not None:
-        raise DataValidationError("give either split_csv=... or data.root=..., not both")
     if cfg.split_csv is not None:
         frame, desc = load_split_csv(Path(cfg.split_csv).expanduser()), f"csv:{cfg.split_csv}"
     elif cfg.data.root is not None:
@@ -169,26 +181,27 @@ def resolve_temperature(cfg: DictConfig, source: Any, loaded: Any, ctx: Any) -> 
 
 def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Evaluate ``cfg.model_ref`` as configured; write and log the report; return it."""
+    from derm_exp.inference.sources import resolve_source
+
+    check_inputs(cfg)
+    if cfg.tracking.enabled:  # fail fast, before the work, when the server is down
+        from derm_exp.tracking.mlflow_run import check_reachable
+
+        check_reachable(cfg.tracking.uri)
+    output_dir = Path(output_dir)
+    source = resolve_source(str(cfg.model_ref), cfg.tracking.uri)
+
     import numpy as np
     import pandas as pd
     import torch
 
-    from derm_exp.errors import ModelSourceError
     from derm_exp.evaluation.report import evaluate_predictions, lesion_level
     from derm_exp.inference.loading import load_classifier
-    from derm_exp.inference.sources import resolve_source
     from derm_exp.inference.tta import preset_from_config, views_to_probabilities
-    from derm_exp.tracking.mlflow_run import check_reachable
     from derm_exp.training.loop import StepContext, predict_logits
     from derm_exp.training.runtime import Precision, resolve_device
     from derm_exp.training.validate import ConfigError
 
-    if cfg.model_ref is None:
-        raise ModelSourceError("no model given: pass model=<checkpoint, run id or models:/ URI>")
-    if cfg.tracking.enabled:  # fail fast, before the work, when the server is down
-        check_reachable(cfg.tracking.uri)
-    output_dir = Path(output_dir)
-    source = resolve_source(str(cfg.model_ref), cfg.tracking.uri)
     device = resolve_device(cfg.device)
     loaded = load_classifier(source.checkpoint, device)
     loaded.model.to(memory_format=torch.channels_last)

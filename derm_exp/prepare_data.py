@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import hydra
-import pandas as pd
 from omegaconf import DictConfig
 
-from derm_exp.config import normalize_overrides
-from derm_exp.data.errors import DataValidationError
-from derm_exp.data.metadata import validate_dataset
-from derm_exp.data.splits import SPLITS, save_splits, split_dataset, split_summary
-from derm_exp.data.synthetic import resolve_data_root
+from derm_exp.config import run_hydra_main
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
 
 def format_split(split_df: pd.DataFrame) -> str:
     """Images (lesions) per class and split as a text table."""
+    from derm_exp.data.splits import SPLITS, split_summary
+
     summary = split_summary(split_df)
     lines = [f"{'class':<7}" + "".join(f"{s:>16}" for s in SPLITS)]
     for cls, row in summary.iterrows():
@@ -35,6 +36,12 @@ def format_split(split_df: pd.DataFrame) -> str:
 
 def prepare(cfg: DictConfig) -> int:
     """Validate, preview the split, optionally write it; return the exit status."""
+    # Imported here so that --help and argument errors do not wait for pandas.
+    from derm_exp.data.errors import DataValidationError
+    from derm_exp.data.splits import save_splits, split_dataset
+    from derm_exp.data.synthetic import resolve_data_root
+    from derm_exp.data.validation import validate_dataset
+
     data = cfg.data
     root = resolve_data_root(data)
     report = validate_dataset(
@@ -69,6 +76,9 @@ def prepare(cfg: DictConfig) -> int:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="prepare_data")
 def main(cfg: DictConfig) -> None:
+    """Hydra entry point: exit status 1 when the dataset is not usable."""
+    from derm_exp.data.errors import DataValidationError
+
     try:
         status = prepare(cfg)
     except (DataValidationError, OSError) as e:
@@ -79,5 +89,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = normalize_overrides(sys.argv[1:])
-    main()
+    run_hydra_main(main, "prepare_data")

@@ -26,15 +26,18 @@ log = logging.getLogger("derm_exp.train")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Train one configuration; return the validation objective for sweepers."""
+    from derm_exp.data.metadata import DataValidationError, check_data_root
     from derm_exp.errors import report_user_errors  # heavy imports happen after --help
     from derm_exp.training.validate import ConfigError, validate_config
 
-    if cfg.resume is None:  # bad values fail in a second, before torch/timm/mlflow load
-        try:
+    # Bad values and a wrong data.root fail in a second, before torch and timm load.
+    try:
+        if cfg.resume is None:
             validate_config(cfg)
-        except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            sys.exit(1)
+        check_data_root(cfg.data.root, cfg.data.metadata_file)
+    except (ConfigError, DataValidationError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     from derm_exp.training.trainer import fit
 
     hc = HydraConfig.get()

@@ -101,6 +101,7 @@ def test_benchmark_runs_end_to_end_and_reports_every_figure(demo_data: Path, tmp
         "benchmark.loader_pass_images=100",
         "benchmark.threads=1",
         "benchmark.sections=[loader,train,inference,compare]",
+        "benchmark.inference_amp=bf16",  # one value for a list setting: [bf16]
         "benchmark.compare_rounds=1",
         "mlflow.enabled=true",
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
@@ -149,3 +150,25 @@ def test_benchmark_help_lists_usage() -> None:
     proc = run_benchmark("--help")
     assert proc.returncode == 0
     assert "derm_exp.benchmark" in proc.stdout and "benchmark.json" in proc.stdout
+
+
+def test_a_single_value_is_accepted_where_a_list_is_expected() -> None:
+    """``benchmark.inference_amp=bf16`` used to be iterated letter by letter ('b' is not ...)."""
+    proc = run_benchmark(
+        "benchmark.inference_amp=bf16", "benchmark.sections=loader", "--cfg", "job"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "  sections:\n  - loader\n" in proc.stdout
+    assert "  inference_amp:\n  - bf16\n" in proc.stdout
+
+
+def test_the_settings_check_turns_single_values_into_lists() -> None:
+    from derm_exp.perf.settings import check_benchmark_config
+    from tests.conftest import compose_train
+
+    cfg = compose_train(
+        ["benchmark.sections=inference", "benchmark.inference_amp=bf16"], config_name="benchmark"
+    )
+    assert cfg.benchmark.inference_amp == "bf16"  # as plain Hydra stores it
+    assert check_benchmark_config(cfg) == ["inference"]
+    assert list(cfg.benchmark.inference_amp) == ["bf16"]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # imported where used
+    import pandas as pd
 
 from derm_exp.data.errors import DataValidationError
-from derm_exp.data.images import BadImageError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _format_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{k!r}: {v}" for k, v in counts.items())
 
 
-def _examples(items: Sequence[object], k: int = 5) -> str:
+def examples_text(items: Sequence[object], k: int = 5) -> str:
     """``a, b, c (+N more)`` for error messages."""
     shown = ", ".join(str(x) for x in items[:k])
     return shown + (f" (+{len(items) - k} more)" if len(items) > k else "")
@@ -134,12 +134,52 @@ def index_images(root: str | Path) -> tuple[dict[str, Path], list[str]]:
         log.warning(
             "%d image files share an id with another file and were ignored: %s",
             len(duplicates),
-            _examples(duplicates),
+            examples_text(duplicates),
         )
     return index, found
 
 
+def layout_problems(root: Path, metadata_file: str = METADATA_FILE) -> list[str]:
+    """What is wrong with the folder layout, from directory entries alone (no file is read).
+
+    Cheap enough to run before any heavy import, so a wrong ``data.root`` fails at once.
+    """
+    if not root.is_dir():
+        return [
+            f"dataset folder {root} does not exist; set data.root to the folder holding "
+            f"{metadata_file} (or data.root=null for the demo dataset)"
+        ]
+    problems = []
+    if not (root / metadata_file).is_file():
+        problems.append(
+            f"metadata file {root / metadata_file} not found; HAM10000 ships it as "
+            f"{METADATA_FILE} beside the image folders (set data.metadata_file if yours is named "
+            "differently)"
+        )
+    if not any((root / name).is_dir() for name in IMAGE_DIRS):
+        problems.append(
+            f"no image folder in {root}: expected {IMAGE_DIRS[0]}/ or "
+            f"{IMAGE_DIRS[1]}/ + {IMAGE_DIRS[2]}/ with .jpg/.jpeg/.png files"
+        )
+    return problems
+
+
+def check_data_root(root: str | Path | None, metadata_file: str = METADATA_FILE) -> None:
+    """Raise :class:`DataValidationError` when a given ``data.root`` cannot be a dataset.
+
+    ``None`` (the generated demo dataset) passes. Only the layout is checked (see
+    :func:`layout_problems`); :func:`load_metadata` checks the rest when the data is loaded.
+    """
+    if root is None:
+        return
+    report = ValidationReport(root=Path(root).expanduser().resolve(), metadata_file=metadata_file)
+    report.fatal = layout_problems(report.root, metadata_file)
+    _raise_if_fatal(report)
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     try:
         df = pd.read_csv(
             path,
@@ -157,118 +197,115 @@ def _read_csv(path: Path) -> pd.DataFrame:
     return df
 
 
-def _check(root: str | Path, metadata_file: str) -> ValidationReport:
-    """Read and validate metadata + image index; problems go into the report, never raised."""
-    root = Path(root).expanduser().resolve()
-    report = ValidationReport(root=root, metadata_file=metadata_file)
-    if not root.is_dir():
-        report.fatal.append(
-            f"dataset folder {root} does not exist; set data.root to the folder holding "
-            f"{metadata_file} (or data.root=null for the demo dataset)"
-        )
-        return report
-    csv = root / metadata_file
+def _csv_lines(index: Iterable[int]) -> str:
+    """``CSV lines 2, 5 (+N more)``: row positions as line numbers of the file (header = 1)."""
+    return f"CSV lines {examples_text([i + 2 for i in index])}"
+
+
+def _read_metadata(csv: Path, report: ValidationReport) -> pd.DataFrame | None:
+    """The metadata rows, required cells stripped (empty ones as NA); None when unusable."""
+    import pandas as pd
+
     if not csv.is_file():
-        report.fatal.append(
-            f"metadata file {csv} not found; HAM10000 ships it as {METADATA_FILE} beside the "
-            "image folders (set data.metadata_file if yours is named differently)"
-        )
-        return report
+        return None  # reported by layout_problems
     try:
         df = _read_csv(csv)
     except DataValidationError as e:
         report.fatal.append(str(e))
-        return report
+        return None
     report.n_rows = len(df)
-
     missing_cols = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing_cols:
         report.fatal.append(
             f"{csv.name} lacks required column(s) {missing_cols}; found {list(df.columns)}. "
             f"Expected header: {','.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)}"
         )
-        return report
     if df.empty:
         report.fatal.append(f"{csv.name} has a header but no rows")
-        return report
+        return None
+    for col in (c for c in REQUIRED_COLUMNS if c in df.columns):
+        df[col] = df[col].str.strip().replace("", pd.NA)
+    if "dx" in df.columns:
+        df["dx"] = df["dx"].str.lower()
+    return df
 
-    for col in REQUIRED_COLUMNS:
-        df[col] = df[col].str.strip()
-        empty = df.index[df[col].isna() | (df[col] == "")]
+
+def _check_empty_cells(df: pd.DataFrame, report: ValidationReport) -> None:
+    for col in (c for c in REQUIRED_COLUMNS if c in df.columns):
+        empty = df.index[df[col].isna()]
         if len(empty):
             report.fatal.append(
-                f"column {col!r} is empty in {len(empty)} row(s) "
-                f"(CSV lines {_examples([i + 2 for i in empty])})"
+                f"column {col!r} is empty in {len(empty)} row(s) ({_csv_lines(empty)})"
             )
-    if report.fatal:
-        return report
-    df["dx"] = df["dx"].str.lower()
 
-    unknown = df.loc[~df["dx"].isin(CLASSES), "dx"]
+
+def _check_labels(df: pd.DataFrame, report: ValidationReport) -> None:
+    if "dx" not in df.columns:
+        return
+    unknown = df.loc[df["dx"].notna() & ~df["dx"].isin(CLASSES), "dx"]
     if len(unknown):
         report.unknown_labels = unknown.value_counts().to_dict()
         report.fatal.append(
             f"unknown dx label(s) {_format_counts(report.unknown_labels)} "
-            f"(CSV lines {_examples([i + 2 for i in unknown.index])}); "
-            f"expected one of {', '.join(CLASSES)}"
+            f"({_csv_lines(unknown.index)}); expected one of {', '.join(CLASSES)}"
         )
 
-    dup = df.loc[df["image_id"].duplicated(keep=False), "image_id"]
+
+def _check_image_ids(df: pd.DataFrame, report: ValidationReport) -> None:
+    if "image_id" not in df.columns:
+        return
+    ids = df["image_id"].dropna()
+    dup = ids[ids.duplicated(keep=False)]
     if len(dup):
         report.duplicate_image_ids = sorted(set(dup))
         report.fatal.append(
             f"{len(report.duplicate_image_ids)} image_id(s) appear in more than one row: "
-            f"{_examples(report.duplicate_image_ids)}; each image must be listed once"
+            f"{examples_text(report.duplicate_image_ids)}; each image must be listed once"
         )
-
-    bad_ids = [i for i in df["image_id"] if "/" in i or "\\" in i or ".." in i or i.startswith("~")]
+    bad_ids = [i for i in ids if "/" in i or "\\" in i or ".." in i or i.startswith("~")]
     if bad_ids:
         report.fatal.append(
-            f"{len(bad_ids)} image_id(s) contain a path separator or '..': {_examples(bad_ids)}; "
-            "image_id must be a bare file name without extension (e.g. ISIC_0024306)"
+            f"{len(bad_ids)} image_id(s) contain a path separator or '..': "
+            f"{examples_text(bad_ids)}; image_id must be a bare file name without extension "
+            "(e.g. ISIC_0024306)"
         )
 
-    index, report.image_dirs = index_images(root)
-    if not report.image_dirs:
+
+def _match_images(df: pd.DataFrame, index: dict[str, Path], report: ValidationReport) -> None:
+    """Rows without a file (fatal) and files without a row (a warning)."""
+    if not index or "image_id" not in df.columns:
+        return
+    ids = set(df["image_id"].dropna())
+    report.missing_images = sorted(ids - index.keys())
+    report.extra_images = sorted(index.keys() - ids)
+    if report.missing_images:
         report.fatal.append(
-            f"no image folder in {root}: expected {IMAGE_DIRS[0]}/ or "
-            f"{IMAGE_DIRS[1]}/ + {IMAGE_DIRS[2]}/ with .jpg/.jpeg/.png files"
+            f"{len(report.missing_images)} metadata row(s) have no image file: "
+            f"{examples_text(report.missing_images)} (looked in {', '.join(report.image_dirs)}); "
+            "add the files or delete those rows"
         )
-    elif not index:
-        report.fatal.append(
-            f"no .jpg/.jpeg/.png files in {', '.join(report.image_dirs)} under {root}"
+    if report.extra_images:
+        report.warnings.append(
+            f"{len(report.extra_images)} image file(s) have no metadata row and are ignored: "
+            f"{examples_text(report.extra_images)}"
         )
 
-    if report.image_dirs and index:
-        ids = set(df["image_id"])
-        report.missing_images = sorted(ids - index.keys())
-        report.extra_images = sorted(index.keys() - ids)
-        if report.missing_images:
-            report.fatal.append(
-                f"{len(report.missing_images)} metadata row(s) have no image file: "
-                f"{_examples(report.missing_images)} (looked in {', '.join(report.image_dirs)}); "
-                "add the files or delete those rows"
-            )
-        if report.extra_images:
-            report.warnings.append(
-                f"{len(report.extra_images)} image file(s) have no metadata row and are ignored: "
-                f"{_examples(report.extra_images)}"
-            )
 
-    lesion_dx = df[df["dx"].isin(CLASSES)].groupby("lesion_id")["dx"].nunique()
+def _count_classes(df: pd.DataFrame, report: ValidationReport) -> None:
+    """Images and lesions per class; warnings for mixed-label lesions, absent classes/columns."""
+    for col in OPTIONAL_COLUMNS:
+        if col not in df.columns:
+            report.warnings.append(f"optional column {col!r} is missing")
+    if not {"dx", "lesion_id", "image_id"} <= set(df.columns):
+        return
+    known = df[df["dx"].isin(CLASSES)]
+    lesion_dx = known.groupby("lesion_id")["dx"].nunique()
     mixed = list(lesion_dx.index[lesion_dx > 1])
     if mixed:
         report.warnings.append(
             f"{len(mixed)} lesion(s) have images with different dx (split uses the most common): "
-            f"{_examples(mixed)}"
+            f"{examples_text(mixed)}"
         )
-    for col in OPTIONAL_COLUMNS:
-        if col not in df.columns:
-            report.warnings.append(f"optional column {col!r} is missing")
-    if "age" in df.columns:
-        df["age"] = pd.to_numeric(df["age"], errors="coerce")
-
-    known = df[df["dx"].isin(CLASSES)]
     report.n_images = int(len(known) - known["image_id"].isin(report.missing_images).sum())
     report.n_lesions = int(known["lesion_id"].nunique())
     report.class_counts = {c: int((known["dx"] == c).sum()) for c in CLASSES}
@@ -279,8 +316,37 @@ def _check(root: str | Path, metadata_file: str) -> ValidationReport:
     if absent and not report.fatal:
         report.warnings.append(f"class(es) with no images: {', '.join(absent)}")
 
+
+def check_metadata(root: str | Path, metadata_file: str = METADATA_FILE) -> ValidationReport:
+    """Read and validate metadata + image index; problems go into the report, never raised.
+
+    Every check runs even when an earlier one found a fatal problem (an empty lesion_id does not
+    hide unknown labels or missing images), so one pass reports everything to fix.
+    """
+    import pandas as pd
+
+    root = Path(root).expanduser().resolve()
+    report = ValidationReport(root=root, metadata_file=metadata_file)
+    report.fatal += layout_problems(root, metadata_file)
+    if not root.is_dir():
+        return report
+    index, report.image_dirs = index_images(root)
+    if report.image_dirs and not index:
+        report.fatal.append(
+            f"no .jpg/.jpeg/.png files in {', '.join(report.image_dirs)} under {root}"
+        )
+    df = _read_metadata(root / metadata_file, report)
+    if df is None:
+        return report
+    _check_empty_cells(df, report)
+    _check_labels(df, report)
+    _check_image_ids(df, report)
+    _match_images(df, index, report)
+    _count_classes(df, report)
     if report.fatal:
         return report
+    if "age" in df.columns:
+        df["age"] = pd.to_numeric(df["age"], errors="coerce")
     df["path"] = [str(index[i]) for i in df["image_id"]]
     df["label"] = df["dx"].map(CLASS_TO_INDEX).astype("int64")
     report.frame = df.reset_index(drop=True)
@@ -300,67 +366,9 @@ def load_metadata(root: str | Path, metadata_file: str = METADATA_FILE) -> pd.Da
     (absolute image path) and ``label`` (index into :data:`CLASSES`). Images are matched by file
     name only (no image is opened). Raises :class:`DataValidationError` listing every fatal problem.
     """
-    report = _check(root, metadata_file)
+    report = check_metadata(root, metadata_file)
     _raise_if_fatal(report)
     for w in report.warnings:
         log.warning("%s", w)
     assert report.frame is not None
     return report.frame
-
-
-def find_unreadable(
-    paths: Iterable[str],
-    opener: Callable[[str], object] | None = None,
-    progress: bool = True,
-    workers: int | None = None,
-) -> list[str]:
-    """Paths that fail to decode with ``opener`` (default: the dataset loader); shows progress.
-
-    Decodes every pixel (stricter than ``PIL.Image.verify``, which misses truncated JPEGs), in
-    threads because PIL releases the GIL while decoding.
-    """
-    from tqdm.auto import tqdm
-
-    opener = opener or load_image
-    paths = list(paths)
-
-    def bad(path: str) -> str | None:
-        try:
-            opener(path)
-        except BadImageError:
-            return path
-        return None
-
-    workers = workers or min(8, (os.cpu_count() or 1) + 2)
-    with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(bad, paths)
-        it = tqdm(
-            results, total=len(paths), desc="Decoding images", unit="img", disable=not progress
-        )
-        return [p for p in it if p is not None]
-
-
-def validate_dataset(
-    root: str | Path,
-    metadata_file: str = METADATA_FILE,
-    check_images: bool = True,
-    unreadable_fatal: bool = False,
-    progress: bool = True,
-) -> ValidationReport:
-    """Validate the dataset folder without raising; see :class:`ValidationReport`.
-
-    With ``check_images`` every image listed in the metadata is decoded; unreadable ones are
-    warnings (training skips them with ``data.on_bad_image=skip``) or fatal with
-    ``unreadable_fatal``.
-    """
-    report = _check(root, metadata_file)
-    if check_images and report.frame is not None:
-        report.images_checked = True
-        report.unreadable_images = find_unreadable(report.frame["path"], progress=progress)
-        if report.unreadable_images:
-            msg = (
-                f"{len(report.unreadable_images)} image(s) cannot be decoded: "
-                f"{_examples([Path(p).name for p in report.unreadable_images])}"
-            )
-            (report.fatal if unreadable_fatal else report.warnings).append(msg)
-    return report

@@ -9,7 +9,10 @@ import torch
 from omegaconf import DictConfig
 from timm.scheduler import CosineLRScheduler
 
-SCHEDULERS = ("cosine_restarts", "cosine", "onecycle", "none")
+SCHEDULERS = ("cosine_warmup", "cosine", "onecycle", "none")
+# Cosine schedules: scheduler.name equals the option (conf/scheduler/<name>.yaml); checkpoints of
+# runs made before the rename store "cosine_restarts" for cosine_warmup, and resume reads them.
+_COSINE = {"cosine_warmup", "cosine", "cosine_restarts"}
 
 
 class BatchScheduler:
@@ -52,7 +55,7 @@ def build_scheduler(
     """Build the ``scheduler`` group option for ``epochs`` x ``steps_per_epoch`` updates."""
     total = max(1, epochs * steps_per_epoch)
     name = cfg.name
-    if name in {"cosine_restarts", "cosine"}:
+    if name in _COSINE:
         # The warm-up comes first and ends at optimizer.lr (warmup_prefix); the cosine cycles
         # span the updates after it. Without the prefix, timm's warm-up replaces the start of
         # the cosine and the LR drops at its end (to half of optimizer.lr in a 2-epoch run).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from derm_exp.config import CONF_DIR, config_groups, normalize_overrides
+from derm_exp.config import CONF_DIR, check_overrides, config_groups, normalize_overrides
 from tests.conftest import compose_train
 
 GROUPS = [
@@ -90,3 +90,29 @@ def test_experiment_demo_is_a_small_diff() -> None:
 def test_every_experiment_composes(experiment: str) -> None:
     cfg = compose_train([f"experiment={experiment}"])
     OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_a_single_value_for_a_list_setting_becomes_a_list() -> None:
+    given = [
+        "benchmark.inference_amp=bf16",
+        "benchmark.sections=[loader,train]",
+        "benchmark.real_loader_workers=null",
+        "tta.views=identity",
+        "data.root=/x",
+        "benchmark.repeats=3",
+    ]
+    checked, message = check_overrides(given, "benchmark")
+    assert message is None
+    assert checked == [
+        "benchmark.inference_amp=[bf16]",
+        "benchmark.sections=[loader,train]",
+        "benchmark.real_loader_workers=null",
+        "tta.views=[identity]",
+        "data.root=/x",
+        "benchmark.repeats=3",
+    ]
+    # The group the user selects decides: simple's hidden_dims is a list, so 512 becomes [512].
+    checked, _ = check_overrides(["model.head.hidden_dims=512", "seed=1,2"], "train")
+    assert checked == ["model.head.hidden_dims=[512]", "seed=1,2"]
+    checked, _ = check_overrides(["models=models:/derm-classifier/1"], "ensemble")
+    assert checked == ["models=[models:/derm-classifier/1]"]

@@ -11,8 +11,8 @@ from derm_exp.data.metadata import (
     CLASSES,
     DataValidationError,
     load_metadata,
-    validate_dataset,
 )
+from derm_exp.data.validation import validate_dataset
 
 
 def test_classes_fixed_order_and_descriptions() -> None:
@@ -125,3 +125,40 @@ def test_validate_reports_unreadable_images(make_dataset, balanced_rows) -> None
     assert "Unreadable images: 1" in report.format()
     strict = validate_dataset(root, unreadable_fatal=True, progress=False)
     assert not strict.ok and "cannot be decoded: ISIC_00000.jpg" in strict.format()
+
+
+def test_every_problem_is_reported_in_one_pass(make_dataset, csv_header) -> None:
+    rows = [
+        ",I1,nv",  # empty lesion_id (line 2)
+        "L2,I2,melanoma",  # unknown label (line 3)
+        "L3,I3,mel",
+        "L4,I3,mel",  # I3 listed twice
+        "L5,I5,bcc",  # no image file
+        "L6,../I6,bcc",  # a path in image_id
+    ]
+    csv = "\n".join([csv_header, *(f"{r},histo,50,male,back" for r in rows)]) + "\n"
+    root = make_dataset([], images=["I1", "I2", "I3", "I9"], csv_text=csv)
+    report = validate_dataset(root, check_images=False)
+    assert not report.ok and report.frame is None
+    problems = "\n".join(report.fatal)
+    assert "column 'lesion_id' is empty in 1 row(s) (CSV lines 2)" in problems
+    assert "unknown dx label(s) 'melanoma': 1" in problems
+    assert "appear in more than one row: I3" in problems
+    assert "path separator or '..': ../I6" in problems
+    assert "have no image file: ../I6, I5" in problems
+    assert len(report.fatal) == 5
+    assert report.image_dirs == ["images"] and report.extra_images == ["I9"]
+    assert report.class_counts["mel"] == 2 and report.n_rows == 6
+    text = report.format()
+    assert "Image folders: images" in text and "Unknown labels: 'melanoma': 1" in text
+
+
+def test_image_folders_are_reported_without_a_usable_metadata_file(make_dataset) -> None:
+    root = make_dataset([("L1", "I1", "nv")], csv_text="lesion_id,image_id\nL1,I1\nL2,I2\n")
+    report = validate_dataset(root, check_images=False)
+    assert report.image_dirs == ["images"] and report.missing_images == ["I2"]
+    assert any("lacks required column(s) ['dx']" in p for p in report.fatal)
+    (root / "HAM10000_metadata.csv").unlink()
+    report = validate_dataset(root, check_images=False)
+    assert report.image_dirs == ["images"] and len(report.fatal) == 1
+    assert "metadata file" in report.fatal[0]

@@ -48,3 +48,26 @@ def test_broken_folder(demo_root: Path, tmp_path: Path) -> None:
     proc = run(tmp_path, f"data.root={tmp_path / 'nowhere'}")
     assert proc.returncode == 1 and "does not exist" in proc.stdout
     assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_one_run_reports_every_problem(demo_root: Path, tmp_path: Path) -> None:
+    """An empty lesion_id used to hide every other check, image folders included."""
+    broken = tmp_path / "broken"
+    shutil.copytree(demo_root, broken)
+    csv = broken / "HAM10000_metadata.csv"
+    lines = csv.read_text().splitlines()
+    lines[1] = "," + lines[1].split(",", 1)[1]  # empty lesion_id
+    lesion, image_id, dx, rest = lines[2].split(",", 3)
+    lines[2] = ",".join([lesion, image_id, "naevus", rest])  # unknown label
+    lines[4] = ",".join([lines[4].split(",")[0], lines[3].split(",")[1], *lines[4].split(",")[2:]])
+    csv.write_text("\n".join(lines) + "\n")
+    gone = sorted((broken / "images").iterdir())[-1]
+    gone.unlink()
+    proc = run(tmp_path, f"data.root={broken}", "check_images=false")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in out
+    assert "Image folders: images" in out
+    assert "column 'lesion_id' is empty in 1 row(s) (CSV lines 2)" in out
+    assert "unknown dx label(s) 'naevus': 1" in out
+    assert f"appear in more than one row: {lines[3].split(',')[1]}" in out
+    assert f"have no image file: {gone.stem}" in out

@@ -144,3 +144,79 @@ def test_missing_images_in_a_split_csv_fail_clearly(
     split.to_csv(tmp_path / "moved.csv", index=False)
     with pytest.raises(DataValidationError, match=r"do not exist.*data\.root="):
         _evaluate(trained_model, tmp_path / "out", f"split_csv={tmp_path / 'moved.csv'}")
+
+
+def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_readme_evaluate_commands_on_a_demo_model(tmp_path: Path) -> None:
+    """The README's Evaluation commands as written, on a model trained with experiment=demo."""
+    import re
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = [f"tracking.uri={uri}"]
+    trained = _cli(
+        "derm_exp.train",
+        "experiment=demo",
+        "trainer.max_epochs=3",
+        "evaluation.n_boot=0",
+        f"data.demo.dir={tmp_path / 'demo'}",
+        f"tracking.artifact_root={tmp_path / 'mlruns'}",
+        f"hydra.run.dir={tmp_path / 'train'}",
+        *store,
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run_id = re.search(r"MLflow run id: ([0-9a-f]{32})", trained.stdout).group(1)
+    client = MlflowClient(uri)
+    assert client.get_model_version_by_alias("derm-classifier", "seed-42").run_id == run_id
+    splits = {s: pd.read_csv(tmp_path / "train" / "splits" / f"{s}.csv") for s in ("test", "val")}
+
+    commands = {  # README "Evaluation", in order; the data.root one needs a HAM10000 folder
+        "run": [f"model={run_id}"],
+        "alias": ["model=models:/derm-classifier@seed-42", "tta=medium"],
+        "latest": ["model=models:/derm-classifier/latest", "split=val"],
+        "folder": [f"model={tmp_path / 'train'}", "lesion_level=true"],
+    }
+    reports = {}
+    for name, args in commands.items():
+        out = tmp_path / f"eval-{name}"
+        # The first command exactly as written; the others skip what it already covered.
+        fast = [] if name == "run" else ["bootstrap.n_boot=0", "data.num_workers=0"]
+        proc = _cli("derm_exp.evaluate", *args, *store, *fast, f"hydra.run.dir={out}", cwd=tmp_path)
+        assert proc.returncode == 0, (name, proc.stderr[-3000:])
+        assert "Traceback" not in proc.stderr and "MLflow evaluation run:" in proc.stdout
+        reports[name] = json.loads((out / "evaluation_metrics.json").read_text())
+        assert reports[name]["model"]["run_id"] == run_id, name
+
+    run, alias, latest, folder = reports.values()
+    assert (run["model"]["kind"], alias["model"]["kind"]) == ("run", "registry")
+    assert alias["model"]["model_version"] == latest["model"]["model_version"] == "1"
+    assert folder["model"]["kind"] == "checkpoint"
+    # The run's own test split, as logged by training (same weights, no TTA).
+    assert run["n_samples"] == alias["n_samples"] == len(splits["test"])
+    logged = client.get_run(run_id).data.metrics
+    assert run["balanced_accuracy"] == pytest.approx(logged["test/balanced_accuracy"], abs=1e-6)
+    ci = run["bootstrap"]["intervals"]["balanced_accuracy"]
+    assert ci["low"] <= run["balanced_accuracy"] <= ci["high"]
+    assert alias["tta"]["mode"] == "medium" and len(alias["tta"]["views"]) == 8
+    assert latest["n_samples"] == len(splits["val"]) and latest["data"] == "run split:val"
+    assert folder["level"] == "lesion"
+    assert folder["n_samples"] == splits["test"]["lesion_id"].nunique()
+    evaluations = client.search_runs(
+        [client.get_run(run_id).info.experiment_id], "tags.`derm_exp.kind` = 'evaluation'"
+    )
+    assert {r.data.tags["derm_exp.source_run"] for r in evaluations} == {run_id}
+    assert len(evaluations) == 4
