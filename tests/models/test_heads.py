@@ -1,12 +1,17 @@
-"""Heads: output shapes, layer layout, attention weights, any spatial size."""
+"""Heads: the contract every conf/model/head option keeps, output shapes, layer layout,
+attention weights, any spatial size."""
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
+from derm_exp.config import CONF_DIR
 from derm_exp.models.heads.acrnn import ACRNNHead
 from derm_exp.models.heads.simple import SimpleHead
+
+HEAD_YAMLS = sorted((CONF_DIR / "model" / "head").glob("*.yaml"))
 
 
 def _acrnn(**kw) -> ACRNNHead:
@@ -22,6 +27,21 @@ def _acrnn(**kw) -> ACRNNHead:
         dropout=0.3,
     )
     return ACRNNHead(**(args | kw))
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (3, 5)])
+@pytest.mark.parametrize("path", HEAD_YAMLS, ids=lambda p: p.stem)
+def test_every_head_option_keeps_the_head_contract(path, hw):
+    # README "How to extend": built as build_model does, from the option's own keys plus
+    # in_channels (the backbone's num_features) and num_classes; the backbone's (B, C, H, W)
+    # feature map of any spatial size -> (B, num_classes) logits, trainable in train mode.
+    head = instantiate(OmegaConf.load(path), in_channels=24, num_classes=5).train()
+    assert isinstance(head, nn.Module)
+    logits = head(torch.randn(2, 24, *hw))
+    assert logits.shape == (2, 5)
+    logits.logsumexp(1).sum().backward()
+    assert all(p.grad is not None for p in head.parameters())
+    assert head.eval()(torch.randn(1, 24, *hw)).shape == (1, 5)
 
 
 def test_simple_head_layout_and_shape():

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,6 +11,7 @@ from torch import nn
 
 from derm_exp.config import CONF_DIR
 from derm_exp.training.losses import FocalLoss, build_criterion
+from derm_exp.training.mixing import build_mixup
 
 LOSS_YAMLS = sorted((CONF_DIR / "loss").glob("*.yaml"))
 
@@ -85,3 +87,41 @@ def test_every_loss_config_builds(path):
         assert torch.isfinite(criterion(logits, F.one_hot(y, 7).float()))
         if w is not None:
             assert torch.equal(criterion.weight, weights)
+
+
+def _mixed_batch() -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Labels, their mixup/cutmix targets from augment=heavy (every batch mixed) and lambda."""
+    np.random.seed(0)  # timm draws lambda and mixup-or-cutmix with numpy
+    torch.manual_seed(0)
+    augment = OmegaConf.load(CONF_DIR / "augment" / "heavy.yaml")
+    augment.mix_prob = 1.0
+    y = torch.tensor([0, 3, 6, 2])  # y[i] != y.flip(0)[i]: lambda is soft[0, y[0]]
+    _, soft = build_mixup(augment, 7)(torch.randn(4, 3, 16, 16), y)
+    lam = float(soft[0, y[0]])
+    assert 0.0 < lam < 1.0
+    return y, soft, lam
+
+
+@pytest.mark.parametrize("path", LOSS_YAMLS, ids=lambda p: p.stem)
+def test_every_loss_config_takes_mixed_soft_targets(path):
+    # README "How to extend": training calls criterion(logits, targets) with (B, C) mixup/cutmix
+    # probabilities; a mixed target must give the same mixture of the two hard-label losses.
+    y, soft, lam = _mixed_batch()
+    criterion = build_criterion(OmegaConf.load(path))
+    logits = torch.randn(4, 7, requires_grad=True)
+    loss = criterion(logits, soft)
+    expected = lam * criterion(logits, y) + (1.0 - lam) * criterion(logits, y.flip(0))
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("path", LOSS_YAMLS, ids=lambda p: p.stem)
+def test_every_loss_config_weights_classes_with_soft_targets(path):
+    _, soft, _ = _mixed_batch()
+    cfg = OmegaConf.load(path)
+    logits = torch.randn(4, 7)
+    weights = torch.tensor([1.0, 2.0, 1.0, 0.5, 1.0, 1.0, 3.0])
+    weighted = build_criterion(cfg, weights)(logits, soft)
+    assert torch.isfinite(weighted)
+    assert not torch.allclose(weighted, build_criterion(cfg)(logits, soft))
