@@ -24,10 +24,12 @@ from tqdm.auto import tqdm
 from derm_exp.data.metadata import CLASS_DESCRIPTIONS
 from derm_exp.errors import PredictionInputError, RegistryError
 from derm_exp.inference.aggregation import (
-    AGGREGATIONS,
     DEFAULT_TAU,
+    MEMBER_AGGREGATIONS,
     aggregate,
+    check_aggregation,
     metric_weights,
+    normalized_entropy,
     uncertainty,
 )
 from derm_exp.inference.image_input import ImageInput, as_image_list, to_rgb_image
@@ -40,7 +42,7 @@ from derm_exp.inference.members import (
     resolve_member,
     select_members,
 )
-from derm_exp.inference.predictor import DISCLAIMER, SkinLesionPredictor, normalized_entropy
+from derm_exp.inference.predictor import DISCLAIMER, SkinLesionPredictor
 from derm_exp.inference.tta import TTAPreset
 
 log = logging.getLogger(__name__)
@@ -81,10 +83,7 @@ class EnsemblePredictor:
         weights: Sequence[float] | None = None,
     ) -> None:
         check_compatible(members)
-        if aggregation not in AGGREGATIONS:
-            raise PredictionInputError(
-                f"aggregation={aggregation!r}: choose one of {', '.join(AGGREGATIONS)}"
-            )
+        check_aggregation(aggregation, MEMBER_AGGREGATIONS)
         if weights is not None and len(weights) != len(members):
             raise PredictionInputError(f"{len(weights)} weights for {len(members)} members")
         self.members = list(members)

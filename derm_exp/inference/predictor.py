@@ -13,7 +13,6 @@ memory format; a batch of images (times its TTA views) goes through the network 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,11 +26,16 @@ from derm_exp.data.images import BadImageError
 from derm_exp.data.metadata import CLASS_DESCRIPTIONS
 from derm_exp.data.transforms import build_eval_transform
 from derm_exp.errors import ModelSourceError, PredictionInputError
+from derm_exp.inference.aggregation import (
+    VIEW_AGGREGATIONS,
+    check_aggregation,
+    class_std,
+    normalized_entropy,
+)
 from derm_exp.inference.image_input import ImageInput, as_image_list, to_rgb_image
 from derm_exp.inference.loading import LoadedModel, load_classifier
 from derm_exp.inference.sources import ModelSource, resolve_source
 from derm_exp.inference.tta import (
-    AGGREGATIONS,
     TTAPreset,
     expand_views,
     load_tta_preset,
@@ -44,12 +48,6 @@ log = logging.getLogger(__name__)
 
 DISCLAIMER = "Research and education only; not a medical device. Do not use for diagnosis."
 SINGLE_VIEW = TTAPreset("none", ("identity",), "mean")
-
-
-def normalized_entropy(probs: np.ndarray) -> np.ndarray:
-    """Predictive entropy divided by log(C): 0 = one-hot, 1 = uniform."""
-    p = np.clip(probs, 1e-12, 1.0)
-    return -(p * np.log(p)).sum(-1) / math.log(p.shape[-1])
 
 
 def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -276,7 +274,7 @@ class SkinLesionPredictor:
             "temperature": self.temperature,
         }
         if per_view is not None and per_view.shape[0] > 1:
-            out["view_std"] = float(per_view[:, top].std())
+            out["view_std"] = float(class_std(per_view, top))
             out["tta"] = {
                 "mode": preset.mode,
                 "views": list(preset.views),
@@ -338,9 +336,6 @@ class SkinLesionPredictor:
                     f"unknown TTA mode {tta!r}; choose one of {', '.join(tta_modes())}"
                 ) from None
         if aggregation is not None:
-            if aggregation not in AGGREGATIONS:
-                raise PredictionInputError(
-                    f"aggregation={aggregation!r}: choose one of {', '.join(AGGREGATIONS)}"
-                )
+            check_aggregation(aggregation, VIEW_AGGREGATIONS)
             preset = TTAPreset(preset.mode, preset.views, aggregation)
         return preset
