@@ -1,42 +1,20 @@
-"""Ensembles of trained classifiers: aggregation, uncertainty, and a predictor over members.
+"""An ensemble of trained classifiers: one predictor over several members.
 
 Research and education only: not a medical device; never use it for diagnosis.
 
-Members are registered model versions (``models:/derm-classifier/3``, ``...@seed-7``), MLflow
-run ids or checkpoint paths; every member is a :class:`SkinLesionPredictor` (its own
-preprocessing, temperature and optional TTA views batched in one forward). Members must share
-their class list and their data fingerprint (the same train/val/test split), else
-:class:`~derm_exp.errors.RegistryError` names the members and their values.
-
-Aggregation of member probabilities ``P_i`` (N, C), i = 1..M:
-
-* ``mean``: ``sum_i P_i / M``;
-* ``weighted_mean``: ``sum_i w_i P_i`` with ``w = softmax((m_i - max_j m_j) / tau)``, ``m_i``
-  the member's validation metric ``rank_by`` (negated for losses). A member ``tau`` behind the
-  best gets ``e^-1 = 0.37`` times the best's weight; ``tau -> inf`` gives the mean. With the
-  default ``tau = 0.05``, 5 points of validation balanced accuracy cost a factor e;
-* ``geometric_mean``: ``prod_i P_i^(1/M)``, renormalised to sum to 1.
-
-Uncertainty per image, with ``p`` the ensemble output and ``k = argmax p``:
-
-* ``confidence`` = ``p[k]``;
-* ``std``: standard deviation (population, over members) of ``P_i[k]``;
-* ``entropy``: predictive entropy ``H(p)`` in nats;
-* ``mutual_information``: ``H(sum_i w_i P_i) - sum_i w_i H(P_i)`` (BALD), with the aggregation's
-  weights (uniform for ``mean`` and ``geometric_mean``: for the latter the arithmetic mixture is
-  used so the value is a true, non-negative mutual information);
-* ``disagreement``: share of members whose own argmax differs from ``k``.
+Members (:mod:`derm_exp.inference.members`) are registered model versions, MLflow run ids or
+checkpoint paths; every member is a :class:`SkinLesionPredictor` (its own preprocessing,
+temperature and optional TTA views batched in one forward). Their probabilities are combined
+and their uncertainty measured as :mod:`derm_exp.inference.aggregation` describes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,95 +23,29 @@ from tqdm.auto import tqdm
 
 from derm_exp.data.metadata import CLASS_DESCRIPTIONS
 from derm_exp.errors import PredictionInputError, RegistryError
-from derm_exp.inference.predictor import (
-    DISCLAIMER,
-    ImageInput,
-    SkinLesionPredictor,
+from derm_exp.inference.aggregation import (
+    DEFAULT_TAU,
+    MEMBER_AGGREGATIONS,
+    aggregate,
+    check_aggregation,
+    metric_weights,
     normalized_entropy,
-    to_rgb_image,
+    uncertainty,
 )
-from derm_exp.inference.predictor import _as_list as _as_list  # same input conventions
+from derm_exp.inference.image_input import ImageInput, as_image_list, to_rgb_image
+from derm_exp.inference.members import (
+    DEFAULT_RANK_BY,
+    Member,
+    check_compatible,
+    lower_is_better,
+    member_from_checkpoint,
+    resolve_member,
+    select_members,
+)
+from derm_exp.inference.predictor import DISCLAIMER, SkinLesionPredictor
 from derm_exp.inference.tta import TTAPreset
 
 log = logging.getLogger(__name__)
-
-AGGREGATIONS = ("mean", "weighted_mean", "geometric_mean")
-DEFAULT_RANK_BY = "val_balanced_accuracy"
-DEFAULT_TAU = 0.05
-_EPS = 1e-12
-
-
-# ---------------------------------------------------------------------------------------------
-# Math on fixed arrays
-
-
-def lower_is_better(metric: str) -> bool:
-    """Losses and calibration errors rank ascending."""
-    return any(s in metric for s in ("loss", "nll", "ece", "brier"))
-
-
-def metric_weights(
-    values: Sequence[float], tau: float = DEFAULT_TAU, higher_is_better: bool = True
-) -> np.ndarray:
-    """``softmax((m_i - max m) / tau)`` (of ``-m`` for losses): weights that sum to 1."""
-    if tau <= 0:
-        raise RegistryError(f"tau must be > 0, got {tau}")
-    m = np.asarray(values, dtype=np.float64)
-    if m.ndim != 1 or m.size == 0 or not np.isfinite(m).all():
-        raise RegistryError(f"weighted_mean needs one finite metric per member, got {values}")
-    z = (m if higher_is_better else -m) / tau
-    w = np.exp(z - z.max())
-    return w / w.sum()
-
-
-def aggregate(
-    member_probs: np.ndarray, aggregation: str = "mean", weights: Sequence[float] | None = None
-) -> np.ndarray:
-    """Combine member probabilities (M, N, C) into the ensemble's (N, C) distribution."""
-    p = np.asarray(member_probs, dtype=np.float64)
-    if p.ndim != 3:
-        raise ValueError(f"member probabilities must be (M, N, C), got shape {p.shape}")
-    if aggregation == "mean":
-        out = p.mean(0)
-    elif aggregation == "weighted_mean":
-        if weights is None:
-            raise ValueError("weighted_mean needs weights")
-        w = np.asarray(weights, dtype=np.float64)
-        out = np.tensordot(w / w.sum(), p, axes=1)
-    elif aggregation == "geometric_mean":
-        out = np.exp(np.log(np.clip(p, _EPS, 1.0)).mean(0))
-    else:
-        raise PredictionInputError(
-            f"aggregation={aggregation!r}: choose one of {', '.join(AGGREGATIONS)}"
-        )
-    return out / out.sum(-1, keepdims=True)
-
-
-def entropy(probs: np.ndarray) -> np.ndarray:
-    """Shannon entropy in nats over the last axis."""
-    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1.0)
-    return -(p * np.log(p)).sum(-1)
-
-
-def uncertainty(
-    member_probs: np.ndarray, probs: np.ndarray, weights: Sequence[float] | None = None
-) -> dict[str, np.ndarray]:
-    """Per-image uncertainty of an ensemble (see the module docstring), each of shape (N,)."""
-    p_m = np.asarray(member_probs, dtype=np.float64)
-    n_members = p_m.shape[0]
-    w = np.full(n_members, 1.0 / n_members) if weights is None else np.asarray(weights, float)
-    w = w / w.sum()
-    k = np.asarray(probs).argmax(-1)
-    rows = np.arange(p_m.shape[1])
-    on_k = p_m[:, rows, k]  # (M, N): each member's probability of the ensemble's class
-    mixture = np.tensordot(w, p_m, axes=1)
-    return {
-        "confidence": np.asarray(probs, dtype=np.float64)[rows, k],
-        "std": on_k.std(0),
-        "entropy": entropy(probs),
-        "mutual_information": np.maximum(entropy(mixture) - w @ entropy(p_m), 0.0),
-        "disagreement": (p_m.argmax(-1) != k).mean(0),
-    }
 
 
 @dataclass
@@ -150,135 +62,6 @@ class EnsembleOutput:
 
     def uncertainty(self) -> dict[str, np.ndarray]:
         return uncertainty(self.member_probs, self.probs, self.weights)
-
-
-# ---------------------------------------------------------------------------------------------
-# Members
-
-
-@dataclass
-class Member:
-    """One ensemble member: where it came from and what it was trained on."""
-
-    name: str
-    checkpoint: Path
-    classes: list[str]
-    data_fingerprint: str | None
-    run_id: str | None = None
-    model_name: str | None = None
-    model_version: str | None = None
-    val_metrics: dict[str, float] = field(default_factory=dict)
-    tags: dict[str, str] = field(default_factory=dict)
-
-    def describe(self) -> dict[str, Any]:
-        """A JSON-friendly summary (for members.json and printing)."""
-        return {
-            "name": self.name,
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "run_id": self.run_id,
-            "checkpoint": str(self.checkpoint),
-            "classes": self.classes,
-            "data_fingerprint": self.data_fingerprint,
-            "val_metrics": self.val_metrics,
-            "tags": {k: v for k, v in self.tags.items() if not k.startswith("val_")},
-        }
-
-
-def _checkpoint_meta(path: Path) -> dict[str, Any]:
-    """A checkpoint's metadata, memory-mapped (the weights are not read)."""
-    from derm_exp.training.checkpoint import CheckpointError
-
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
-    if not isinstance(ck, dict) or "classes" not in ck:
-        raise CheckpointError(f"{path} is not a derm_exp checkpoint (no class list)")
-    return ck
-
-
-def member_from_checkpoint(
-    path: str | os.PathLike, name: str | None = None, run_id: str | None = None
-) -> Member:
-    """A member from a local ``checkpoint_best.pt``; its validation metric is the
-    selection metric stored in the checkpoint (``best.value`` of ``trainer.monitor``)."""
-    path = Path(path)
-    ck = _checkpoint_meta(path)
-    metrics = {}
-    monitor = (ck.get("config") or {}).get("trainer", {}).get("monitor")
-    if monitor and ck.get("best"):
-        metrics[str(monitor).replace("/", "_")] = float(ck["best"]["value"])
-    return Member(
-        name=name or str(path),
-        checkpoint=path,
-        classes=list(ck["classes"]),
-        data_fingerprint=ck.get("data_fingerprint"),
-        run_id=run_id or ck.get("run_id"),
-        val_metrics=metrics,
-    )
-
-
-def member_from_version(version: Any, download_dir: str | os.PathLike | None = None) -> Member:
-    """A member from a registered model version (its checkpoint read in place or downloaded)."""
-    from derm_exp.tracking.registry import VAL_PREFIX, checkpoint_of, model_dir
-
-    dst = (
-        None if download_dir is None else Path(download_dir) / f"{version.name}-v{version.version}"
-    )
-    path = checkpoint_of(model_dir(version, dst))
-    member = member_from_checkpoint(path, f"{version.name}/{version.version}", version.run_id)
-    member.model_name, member.model_version = version.name, str(version.version)
-    member.tags = dict(version.tags)
-    member.val_metrics.update(
-        {k: float(v) for k, v in version.tags.items() if k.startswith(VAL_PREFIX)}
-    )
-    return member
-
-
-def resolve_member(
-    ref: str | os.PathLike,
-    download_dir: str | os.PathLike | None = None,
-    tracking_uri: str | None = None,
-) -> Member:
-    """A member from a ``models:/`` URI, an MLflow run id or a checkpoint path/folder.
-
-    Registry and runs are looked up in ``tracking_uri`` (default: MLflow's current tracking URI).
-    """
-    import mlflow
-
-    from derm_exp.inference.sources import resolve_source
-    from derm_exp.tracking.registry import resolve_version
-
-    text = str(ref)
-    if text.startswith("models:/"):
-        return member_from_version(resolve_version(text), download_dir)
-    source = resolve_source(text, tracking_uri or mlflow.get_tracking_uri())
-    return member_from_checkpoint(source.checkpoint, text, source.run_id)
-
-
-def check_compatible(members: Sequence[Member]) -> None:
-    """Refuse members trained on different class lists or different data splits."""
-    if not members:
-        raise RegistryError("an ensemble needs at least one member; none was selected")
-    for attr, what, fix in (
-        ("classes", "class lists", "train them on the same classes"),
-        (
-            "data_fingerprint",
-            "data splits (data_fingerprint)",
-            "pick members of one sweep (group=...) or filter on tags.data_fingerprint",
-        ),
-    ):
-        values = {m.name: getattr(m, attr) for m in members}
-        if len({json.dumps(v) for v in values.values()}) > 1:
-            listing = "; ".join(
-                f"{name} = {','.join(v) if isinstance(v, list) else v}"
-                for name, v in values.items()
-            )
-            raise RegistryError(
-                f"cannot ensemble models trained on different {what}: {listing}. To combine "
-                f"models, {fix}"
-            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,10 +83,7 @@ class EnsemblePredictor:
         weights: Sequence[float] | None = None,
     ) -> None:
         check_compatible(members)
-        if aggregation not in AGGREGATIONS:
-            raise PredictionInputError(
-                f"aggregation={aggregation!r}: choose one of {', '.join(AGGREGATIONS)}"
-            )
+        check_aggregation(aggregation, MEMBER_AGGREGATIONS)
         if weights is not None and len(weights) != len(members):
             raise PredictionInputError(f"{len(weights)} weights for {len(members)} members")
         self.members = list(members)
@@ -440,7 +220,7 @@ class EnsemblePredictor:
         progress: bool = False,
     ) -> np.ndarray:
         """Every member's probabilities (M, N, C) (TTA views aggregated per member)."""
-        images = _as_list(images)
+        images = as_image_list(images)
         preset = SkinLesionPredictor.tta_preset(tta)
         out = np.empty((len(self.members), len(images), len(self.classes)), dtype=np.float64)
         for start, probs in self._batches(images, batch_size, preset, progress):
@@ -538,51 +318,6 @@ class EnsemblePredictor:
     ) -> list[dict[str, Any]]:
         """:meth:`predict` with every member averaging the views of ``conf/tta/<mode>.yaml``."""
         return self.predict(images, batch_size, tta=mode)
-
-
-def select_members(
-    name: str = "derm-classifier",
-    *,
-    models: Sequence[str] | None = None,
-    group: str | None = None,
-    tags: Mapping[str, Any] | None = None,
-    filter: str | None = None,
-    top_k: int | None = None,
-    rank_by: str = DEFAULT_RANK_BY,
-    download_dir: str | os.PathLike | None = None,
-) -> list[Member]:
-    """Members from explicit ``models`` (URIs, run ids, checkpoints) or a registry query.
-
-    The query is ``name`` AND ``group`` AND every ``tags`` item AND ``filter`` (MLflow
-    ``search_model_versions`` syntax, e.g. ``tags.head = 'ACRNNHead'``); ``top_k`` then keeps
-    the best by the validation metric ``rank_by``. Compatibility is checked.
-    """
-    from derm_exp.tracking.registry import build_filter, search_versions
-    from derm_exp.tracking.registry import top_k as best_versions
-
-    if models:
-        if group or filter or any(v is not None for v in (tags or {}).values()):
-            raise RegistryError("give either models=[...] or a query (group/tags/filter), not both")
-        members = [resolve_member(m, download_dir) for m in models]
-        if top_k:
-            key = rank_by.replace("/", "_")
-            members = sorted(
-                members,
-                key=lambda m: m.val_metrics.get(key, -math.inf),
-                reverse=not lower_is_better(key),
-            )[:top_k]
-    else:
-        versions = search_versions(name, group, tags, filter)
-        if not versions:
-            raise RegistryError(
-                f"no registered version matches {build_filter(name, group, tags, filter)!r}; "
-                "list them with `mlflow ui` (Models tab) or MlflowClient().search_model_versions()"
-            )
-        if top_k:
-            versions = best_versions(versions, int(top_k), rank_by)
-        members = [member_from_version(v, download_dir) for v in versions]
-    check_compatible(members)
-    return members
 
 
 def load_ensemble_predictor(

@@ -22,13 +22,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from derm_exp.errors import ModelSourceError, PredictionInputError
-from derm_exp.inference.ensemble import (
-    DEFAULT_RANK_BY,
-    DEFAULT_TAU,
-    EnsemblePredictor,
-    member_from_checkpoint,
-    select_members,
-)
+from derm_exp.inference.aggregation import DEFAULT_TAU
+from derm_exp.inference.ensemble import EnsemblePredictor
+from derm_exp.inference.members import DEFAULT_RANK_BY, member_from_checkpoint, select_members
 from derm_exp.inference.predictor import SkinLesionPredictor
 from derm_exp.inference.sources import (
     NO_MODEL,

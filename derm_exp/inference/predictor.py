@@ -13,7 +13,6 @@ memory format; a batch of images (times its TTA views) goes through the network 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,17 +20,22 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
-from derm_exp.data.images import BadImageError, load_image, to_rgb
+from derm_exp.data.images import BadImageError
 from derm_exp.data.metadata import CLASS_DESCRIPTIONS
 from derm_exp.data.transforms import build_eval_transform
 from derm_exp.errors import ModelSourceError, PredictionInputError
+from derm_exp.inference.aggregation import (
+    VIEW_AGGREGATIONS,
+    check_aggregation,
+    class_std,
+    normalized_entropy,
+)
+from derm_exp.inference.image_input import ImageInput, as_image_list, to_rgb_image
 from derm_exp.inference.loading import LoadedModel, load_classifier
 from derm_exp.inference.sources import ModelSource, resolve_source
 from derm_exp.inference.tta import (
-    AGGREGATIONS,
     TTAPreset,
     expand_views,
     load_tta_preset,
@@ -43,58 +47,7 @@ from derm_exp.training.runtime import Precision, resolve_device, resolve_precisi
 log = logging.getLogger(__name__)
 
 DISCLAIMER = "Research and education only; not a medical device. Do not use for diagnosis."
-ImageInput = str | os.PathLike | Image.Image | np.ndarray
 SINGLE_VIEW = TTAPreset("none", ("identity",), "mean")
-
-
-def to_rgb_image(image: ImageInput) -> Image.Image:
-    """A path, PIL image or array (HxW, HxWx1, HxWx3, HxWx4) as 8-bit RGB, like the dataset.
-
-    Float arrays are read as [0, 1] (or as 0..255 when their maximum exceeds 1); integer arrays
-    above 255 as 16-bit. Paths go through the dataset's own loader.
-    """
-    if isinstance(image, str | os.PathLike):
-        path = Path(image).expanduser()
-        if not path.is_file():
-            raise PredictionInputError(f"image not found: {path}")
-        return load_image(str(path))
-    if isinstance(image, Image.Image):
-        return to_rgb(ImageOps.exif_transpose(image))
-    if isinstance(image, np.ndarray):
-        return to_rgb(_array_to_pil(image))
-    raise PredictionInputError(
-        f"unsupported image type {type(image).__name__}: pass a file path, a PIL image or a "
-        "numpy array (HxW, HxWx3 or HxWx4)"
-    )
-
-
-def _array_to_pil(array: np.ndarray) -> Image.Image:
-    a = array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))) or a.size == 0:
-        raise PredictionInputError(
-            f"image array of shape {array.shape}: expected HxW, HxWx1, HxWx3 or HxWx4"
-        )
-    if a.dtype == np.uint8:
-        return Image.fromarray(np.ascontiguousarray(a))
-    if a.dtype == bool:
-        a = a.astype(np.float64)
-    elif not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise PredictionInputError(f"image array of dtype {a.dtype}: use uint8 or float")
-    a = a.astype(np.float64)
-    if not np.isfinite(a).all():
-        raise PredictionInputError("image array contains NaN or inf values")
-    peak = a.max(initial=0.0)
-    if np.issubdtype(array.dtype, np.floating) or array.dtype == bool:
-        a = a * 255.0 if peak <= 1.0 else a
-    elif peak > 255:
-        a = a / 257.0  # 16-bit -> 8-bit, as the dataset does for 16-bit files
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
-
-
-def normalized_entropy(probs: np.ndarray) -> np.ndarray:
-    """Predictive entropy divided by log(C): 0 = one-hot, 1 = uniform."""
-    p = np.clip(probs, 1e-12, 1.0)
-    return -(p * np.log(p)).sum(-1) / math.log(p.shape[-1])
 
 
 def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
@@ -321,7 +274,7 @@ class SkinLesionPredictor:
             "temperature": self.temperature,
         }
         if per_view is not None and per_view.shape[0] > 1:
-            out["view_std"] = float(per_view[:, top].std())
+            out["view_std"] = float(class_std(per_view, top))
             out["tta"] = {
                 "mode": preset.mode,
                 "views": list(preset.views),
@@ -335,7 +288,7 @@ class SkinLesionPredictor:
         self, images: Sequence[ImageInput] | ImageInput, batch_size: int = 32
     ) -> np.ndarray:
         """Class probabilities (N, C), columns in ``self.classes`` order."""
-        images = _as_list(images)
+        images = as_image_list(images)
         out = np.empty((len(images), len(self.classes)), dtype=np.float32)
         for i, probs, _ in self.iter_predictions(images, batch_size):
             out[i] = probs
@@ -354,7 +307,7 @@ class SkinLesionPredictor:
     ) -> list[dict[str, Any]]:
         """Predictions for many images, ``batch_size`` images (x their views) per forward."""
         preset = self.tta_preset(tta)
-        found = self.iter_predictions(_as_list(images), batch_size, preset, progress)
+        found = self.iter_predictions(as_image_list(images), batch_size, preset, progress)
         return [self.result(p, v, preset) for _, p, v in found]
 
     def predict_with_tta(
@@ -383,23 +336,6 @@ class SkinLesionPredictor:
                     f"unknown TTA mode {tta!r}; choose one of {', '.join(tta_modes())}"
                 ) from None
         if aggregation is not None:
-            if aggregation not in AGGREGATIONS:
-                raise PredictionInputError(
-                    f"aggregation={aggregation!r}: choose one of {', '.join(AGGREGATIONS)}"
-                )
+            check_aggregation(aggregation, VIEW_AGGREGATIONS)
             preset = TTAPreset(preset.mode, preset.views, aggregation)
         return preset
-
-
-def _as_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:
-    """One image (path, PIL, HxW[xC] array) or a sequence / (N, H, W[, C]) array -> list."""
-    if isinstance(images, str | os.PathLike | Image.Image):
-        return [images]
-    if isinstance(images, np.ndarray):
-        return (
-            [images]
-            if images.ndim == 2
-            or (images.ndim == 3 and images.shape[-1] in (1, 3, 4) and images.dtype != object)
-            else list(images)
-        )
-    return list(images)

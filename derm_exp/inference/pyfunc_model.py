@@ -211,7 +211,7 @@ class DermEnsembleModel(mlflow.pyfunc.PythonModel):
     ``weights`` (or null); members run on ``device="auto"``, calibrated.
     ``predict`` returns the ensemble probabilities per class followed by the columns
     ``confidence``, ``std``, ``entropy``, ``mutual_information`` and ``disagreement`` (see
-    :mod:`derm_exp.inference.ensemble`).
+    :mod:`derm_exp.inference.aggregation`).
     """
 
     def load_context(self, context: Any) -> None:

@@ -1,7 +1,9 @@
-"""Test-time augmentation: named views applied to a normalised image batch, and aggregation.
+"""Test-time augmentation: named views applied to a normalised image batch.
 
 The views of the ``tta`` config group are defined here once; evaluation and the predictor both
-use them. Views operate on tensors (B, C, H, W) so all views of a batch run as one batch.
+use them. Views operate on tensors (B, C, H, W) so all views of a batch run as one batch; their
+probabilities are combined by :func:`derm_exp.inference.aggregation.aggregate` (choices:
+:data:`~derm_exp.inference.aggregation.VIEW_AGGREGATIONS`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
+
+from derm_exp.inference.aggregation import VIEW_AGGREGATIONS, aggregate, check_aggregation
 
 
 def _rotate(deg: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -33,7 +37,6 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "rotate_p15": _rotate(15.0),
     "rotate_m15": _rotate(-15.0),
 }
-AGGREGATIONS = ("mean", "geometric_mean", "max")
 
 
 def check_views(views: Sequence[str]) -> list[str]:
@@ -51,19 +54,6 @@ def expand_views(x: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
     ):
         raise ValueError("90-degree TTA views need square inputs")
     return torch.cat([VIEWS[v](x) for v in check_views(views)], dim=0)
-
-
-def aggregate(probs: torch.Tensor, aggregation: str = "mean") -> torch.Tensor:
-    """Combine per-view probabilities (V, B, C) into a normalised (B, C) distribution."""
-    if aggregation == "mean":
-        out = probs.mean(0)
-    elif aggregation == "geometric_mean":
-        out = probs.clamp_min(1e-12).log().mean(0).exp()
-    elif aggregation == "max":
-        out = probs.amax(0)
-    else:
-        raise ValueError(f"aggregation={aggregation!r}: choose one of {', '.join(AGGREGATIONS)}")
-    return out / out.sum(-1, keepdim=True)
 
 
 @dataclass(frozen=True)
@@ -97,10 +87,7 @@ def load_tta_preset(mode: str) -> TTAPreset:
 def preset_from_config(cfg: Any, mode: str | None = None) -> TTAPreset:
     """A :class:`TTAPreset` from a composed ``tta`` node (validated)."""
     aggregation = str(cfg.get("aggregation", "mean"))
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(
-            f"tta.aggregation={aggregation!r}: choose one of {', '.join(AGGREGATIONS)}"
-        )
+    check_aggregation(aggregation, VIEW_AGGREGATIONS, "tta.aggregation")
     return TTAPreset(
         mode=str(mode or cfg.get("mode", "custom")),
         views=tuple(check_views(list(cfg.get("views") or ["identity"]))),
@@ -113,10 +100,12 @@ def views_to_probabilities(
 ) -> np.ndarray:
     """Softmax of (N, C) or per-view (V, N, C) logits at ``temperature``, views aggregated.
 
-    The temperature divides each view's logits before the softmax, as when it was fitted.
+    The temperature divides each view's logits before the softmax, as when it was fitted. The
+    softmax runs in float32 torch; views are combined in float64 and returned as float32.
     """
     t = torch.as_tensor(logits, dtype=torch.float32) / float(temperature)
-    probs = torch.softmax(t, -1)
+    probs = torch.softmax(t, -1).numpy()
     if probs.ndim == 3:
-        probs = aggregate(probs, aggregation)
-    return probs.numpy()
+        check_aggregation(aggregation, VIEW_AGGREGATIONS)
+        probs = aggregate(probs, aggregation).astype(np.float32)
+    return probs

@@ -93,8 +93,9 @@ def predictor_latencies(
 ) -> dict[str, Any]:
     """End to end from a JPEG file (decode, eval transform, forward, softmax) through
     ``SkinLesionPredictor``, and an ensemble of ``ensemble_members`` copies of the network."""
-    from derm_exp.inference.ensemble import EnsemblePredictor, Member
+    from derm_exp.inference.ensemble import EnsemblePredictor
     from derm_exp.inference.loading import LoadedModel
+    from derm_exp.inference.members import Member
     from derm_exp.inference.predictor import SkinLesionPredictor
 
     loaded = LoadedModel(model, list(CLASSES), dict(data_config), 1.0, {}, None)

@@ -10,14 +10,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from derm_exp.errors import PredictionInputError, RegistryError
-from derm_exp.inference.ensemble import (
-    EnsemblePredictor,
-    Member,
-    aggregate,
-    check_compatible,
-    metric_weights,
-    uncertainty,
-)
+from derm_exp.inference.aggregation import aggregate, metric_weights, uncertainty
+from derm_exp.inference.ensemble import EnsemblePredictor
+from derm_exp.inference.members import Member, check_compatible
 
 P1 = [0.8, 0.1, 0.1]
 P2 = [0.2, 0.5, 0.3]
@@ -190,7 +185,7 @@ def test_geometric_and_weighted_ensembles(checkpoints: list[Path], images: list[
     )
     assert weighted.predict_proba(images) == pytest.approx(0.75 * members[0] + 0.25 * members[1])
     # From metrics: the checkpoints' selection metric (best.value) with tau.
-    from derm_exp.inference.ensemble import member_from_checkpoint
+    from derm_exp.inference.members import member_from_checkpoint
 
     ms = [member_from_checkpoint(c) for c in checkpoints]
     assert [m.val_metrics["val_balanced_accuracy"] for m in ms] == pytest.approx([0.51, 0.52, 0.53])
