@@ -35,7 +35,8 @@ from derm_exp.ensemble_report import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from derm_exp.inference.ensemble import EnsemblePredictor, Member
+    from derm_exp.inference.ensemble import EnsemblePredictor
+    from derm_exp.inference.members import Member
     from derm_exp.inference.tta import TTAPreset
 
 log = logging.getLogger("derm_exp.ensemble")
@@ -96,7 +97,7 @@ def _query(cfg: DictConfig) -> dict[str, Any]:
 def _select_members(cfg: DictConfig, query: dict[str, Any], output_dir: Path) -> list[Member]:
     """The members (downloaded under ``output_dir/members``), refused unless they share their
     class list and data split (``select_members`` checks both)."""
-    from derm_exp.inference.ensemble import select_members
+    from derm_exp.inference.members import select_members
 
     return select_members(
         cfg.registry_name,

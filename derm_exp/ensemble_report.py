@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from derm_exp.inference.ensemble import EnsembleOutput, Member
+    from derm_exp.inference.ensemble import EnsembleOutput
+    from derm_exp.inference.members import Member
     from derm_exp.inference.tta import TTAPreset
 
 KIND = "ensemble_evaluation"

@@ -16,7 +16,7 @@ one image was predicted, 1 when none was. The disclaimer is a column (repeated o
 rather than a comment line, so any CSV reader loads the file as is. ``uncertainty`` is the
 normalised predictive entropy (0 = certain, 1 = uniform); with TTA, ``view_std`` is the
 standard deviation across views of the predicted class's probability; the ensemble columns are
-those of :mod:`derm_exp.inference.ensemble` (entropy and mutual information in nats).
+those of :mod:`derm_exp.inference.aggregation` (entropy and mutual information in nats).
 """
 
 from __future__ import annotations
