@@ -4,8 +4,12 @@ A registered version is a pyfunc model (:mod:`derm_exp.inference.pyfunc_model`) 
 artifact is ``checkpoint_best.pt``. Its version tags say what it is, so ensembles can be
 assembled by query (``tags.group = '...'``) and refuse incompatible members:
 
-* from the training run: ``backbone``, ``head``, ``loss``, ``augment``, ``seed``,
-  ``data_fingerprint`` (hash of the split assignment) and ``group`` (sweep id, when set);
+* from the training run (:data:`RUN_TAG_KEYS`): ``backbone`` (timm name), the selected option of
+  the config groups as typed (``model``, ``head``, ``loss``, ``augment``, ``optimizer``,
+  ``scheduler``, ``experiment``; see :mod:`derm_exp.tracking.choices`), ``head_class`` /
+  ``loss_class``, ``class_weights``, ``seed``, ``data_fingerprint`` (hash of the split
+  assignment) and ``group`` (sweep id, when set). :func:`search_versions` matches ``head`` /
+  ``loss`` by option or class name, so versions tagged with class names are still found;
 * from the checkpoint: ``classes`` (comma-separated, in output order), ``weights`` (raw/ema),
   ``best_epoch`` (1-based), ``monitor`` (the selection metric) and ``temperature``;
 * ``val_<metric>`` for every validation metric of the selected epoch (``val_balanced_accuracy``,
@@ -30,6 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from derm_exp.errors import RegistryError
+from derm_exp.tracking.choices import other_spellings
 from derm_exp.tracking.mlflow_run import MultirunCallback, group_of
 from derm_exp.training.checkpoint import load_checkpoint
 
@@ -38,7 +43,22 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = "derm-classifier"
 MODEL_ARTIFACT = "model"
 CHECKPOINT_ARTIFACT = "checkpoint"
-RUN_TAG_KEYS = ("backbone", "head", "loss", "augment", "seed", "data_fingerprint", "group")
+RUN_TAG_KEYS = (
+    "backbone",
+    "model",
+    "head",
+    "head_class",
+    "loss",
+    "loss_class",
+    "class_weights",
+    "augment",
+    "optimizer",
+    "scheduler",
+    "experiment",
+    "seed",
+    "data_fingerprint",
+    "group",
+)
 VAL_PREFIX = "val_"
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[\w-]+))$")
 
@@ -184,9 +204,32 @@ def search_versions(
     tags: Mapping[str, Any] | None = None,
     filter: str | None = None,
 ) -> list[ModelVersion]:
-    """Every version of ``name`` matching ``group``, ``tags`` and ``filter``, oldest first."""
+    """Every version of ``name`` matching ``group``, ``tags`` and ``filter``, oldest first.
+
+    ``tags`` on ``head``/``loss`` accept option names (``loss=label_smoothing``) and class names
+    (``head=ACRNNHead``) alike, for versions tagged before and after option names
+    (:func:`derm_exp.tracking.choices.other_spellings`); ``filter`` is passed to MLflow as is.
+    """
     client = MlflowClient()
-    query = build_filter(name, group, tags, filter)
+    found = {v.version: v for v in _search(client, build_filter(name, group, tags, filter))}
+    params: dict[str, Mapping[str, str]] = {}
+
+    def params_of(run_id: str | None) -> Mapping[str, str]:
+        if run_id and run_id not in params:
+            try:
+                params[run_id] = client.get_run(run_id).data.params
+            except MlflowException:
+                params[run_id] = {}
+        return params.get(run_id or "", {})
+
+    for alt, keep in other_spellings(tags or {}, params_of):
+        for version in _search(client, build_filter(name, group, alt, filter)):
+            if version.version not in found and keep(version):
+                found[version.version] = version
+    return sorted(found.values(), key=lambda v: int(v.version))
+
+
+def _search(client: MlflowClient, query: str) -> list[ModelVersion]:
     found: list[ModelVersion] = []
     token = None
     try:
@@ -198,7 +241,7 @@ def search_versions(
                 break
     except MlflowException as exc:
         raise RegistryError(f"registry search {query!r} failed: {exc.message}") from exc
-    return sorted(found, key=lambda v: int(v.version))
+    return found
 
 
 def metric_value(version: ModelVersion, rank_by: str) -> float:

@@ -16,8 +16,6 @@ from typing import Any
 
 import mlflow
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
@@ -28,12 +26,13 @@ from derm_exp.data.splits import save_splits
 from derm_exp.errors import StorageError
 from derm_exp.evaluation.metrics import classification_metrics, scalar_metrics
 from derm_exp.models.classifier import build_model
+from derm_exp.tracking.choices import choice_params, config_choices, default_run_name
 from derm_exp.tracking.mlflow_run import (
     loggable_params,
     redact_config,
     run_url_hint,
     setup_experiment,
-    sweep_group,
+    training_run_tags,
 )
 from derm_exp.tracking.registry import register_best_model
 from derm_exp.training import resume as resume_mod
@@ -156,9 +155,12 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
         for key, src in (("latest", resumed.checkpoint_path), ("best", resumed.best_path)):
             if src is not None:
                 copy_checkpoint(src, paths[key])
+    # A resumed run keeps the group options it was started with (see tracking.choices).
+    choices = config_choices(cfg, resumed.checkpoint if resumed else None)
     base = {
         "format": CHECKPOINT_FORMAT,
         "config": redact_config(OmegaConf.to_container(cfg, resolve=True)),
+        "choices": choices,
         "classes": list(CLASSES),
         "data_config": data_config,
         "data_fingerprint": fingerprint,
@@ -168,15 +170,15 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
     if resumed is not None:
         run_kwargs = {"run_id": resumed.run_id}
     else:
-        run_kwargs["run_name"] = cfg.run_name
+        run_kwargs["run_name"] = cfg.run_name or default_run_name(cfg, choices)
     run = mlflow.start_run(**run_kwargs)
     status = "FAILED"
     try:
         run_id = run.info.run_id
         base["run_id"] = run_id
-        mlflow.set_tags(_run_tags(cfg, fingerprint, output_dir))
+        mlflow.set_tags(training_run_tags(cfg, choices, fingerprint, output_dir))
         if resumed is None:
-            mlflow.log_params(loggable_params(base["config"]))
+            mlflow.log_params({**loggable_params(base["config"]), **choice_params(choices)})
             mlflow.log_dict(base["config"], "config/resolved_config.json")
             for p in split_paths:
                 mlflow.log_artifact(str(p), "splits")
@@ -243,27 +245,6 @@ def _recovery(paths: dict[str, Path]) -> str:
         f"Training state is safe: last good checkpoint {latest}{best}. Continue with: "
         f"python -m derm_exp.train resume={latest}"
     )
-
-
-def _run_tags(cfg: DictConfig, fingerprint: str, output_dir: Path) -> dict[str, Any]:
-    tags = {
-        "backbone": cfg.model.name,
-        "head": cfg.model.head._target_.rsplit(".", 1)[-1],
-        "loss": cfg.loss.criterion._target_.rsplit(".", 1)[-1],
-        "augment": cfg.augment.name,
-        "seed": cfg.seed,
-        "data_fingerprint": fingerprint,
-        "derm_exp.checkpoint_dir": str(output_dir.resolve()),
-        "mlflow.note.content": "Research/education only: not a medical device.",
-        "derm_exp.kind": "training",
-    }
-    tags.update(OmegaConf.to_container(cfg.tracking.tags, resolve=True))
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    if multirun and "group" not in tags:
-        # One id for every job of a multirun (the sweep folder is shared, also under joblib):
-        # filter them in `mlflow ui` with tags.group = '<date>/<time>'.
-        tags["group"] = sweep_group(HydraConfig.get().sweep.dir)
-    return tags
 
 
 def _make_optimizer(
