@@ -11,13 +11,22 @@ assembled by query (``tags.group = '...'``) and refuse incompatible members:
   assignment) and ``group`` (sweep id, when set). :func:`search_versions` matches ``head`` /
   ``loss`` by option or class name, so versions tagged with class names are still found;
 * from the checkpoint: ``classes`` (comma-separated, in output order), ``weights`` (raw/ema),
-  ``best_epoch`` (1-based), ``monitor`` (the selection metric) and ``temperature``;
+  ``best_epoch`` (1-based), ``monitor`` / ``monitor_mode`` (the selection metric) and
+  ``temperature``;
 * ``val_<metric>`` for every validation metric of the selected epoch (``val_balanced_accuracy``,
   ``val_macro_f1``, ``val_macro_auc``, ``val_nll``, ...). No test metric is stored here, so
   nothing can rank models on the test split.
 
-Aliases: ``seed-<seed>`` moves to the newest version trained with that seed. MLflow reserves the
-alias ``latest``; ``models:/derm-classifier/latest`` already resolves to the newest version.
+Every version is tagged ``degenerate`` (true/false). A degenerate model (the end-of-run report's
+run tag ``derm_exp.degenerate_model=true``: one class for >= 95 % of the validation images) is
+not registered unless ``registry.allow_degenerate=true``; the run is tagged
+``derm_exp.registry_skipped=degenerate`` and says how to force it (``python -m derm_exp.train
+resume=<run id> registry.allow_degenerate=true``, which registers a finished run without
+training it again).
+
+Aliases (:mod:`derm_exp.tracking.aliases`): ``seed-<n>`` is the best version trained with seed
+``n`` on its validation metric (``trainer.monitor``, ``monitor_mode``), ``latest-seed-<n>`` the
+newest. MLflow reserves ``latest``; ``models:/derm-classifier/latest`` is the newest version.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from derm_exp.errors import RegistryError
+from derm_exp.tracking.aliases import update_seed_aliases
 from derm_exp.tracking.choices import other_spellings
 from derm_exp.tracking.mlflow_run import MultirunCallback, group_of
 from derm_exp.training.checkpoint import load_checkpoint
@@ -60,6 +70,9 @@ RUN_TAG_KEYS = (
     "group",
 )
 VAL_PREFIX = "val_"
+DEGENERATE_TAG = "derm_exp.degenerate_model"  # set on the run by training.final_report
+SKIPPED_TAG = "derm_exp.registry_skipped"  # run tag: why its model was not registered
+REGISTERED_TAG = "derm_exp.registered_version"  # run tag: the version it registered last
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[\w-]+))$")
 
 
@@ -91,7 +104,10 @@ def selected_val_metrics(
 
 
 def version_tags(
-    run_tags: Mapping[str, str], checkpoint: Mapping[str, Any], val_metrics: Mapping[str, float]
+    run_tags: Mapping[str, str],
+    checkpoint: Mapping[str, Any],
+    val_metrics: Mapping[str, float],
+    degenerate: bool = False,
 ) -> dict[str, str]:
     """The tags of a new model version (see the module docstring)."""
     best = checkpoint.get("best") or {}
@@ -101,12 +117,23 @@ def version_tags(
     tags["weights"] = str(checkpoint.get("weights", best.get("weights", "raw")))
     if "epoch" in best:
         tags["best_epoch"] = str(int(best["epoch"]) + 1)
-    monitor = (checkpoint.get("config") or {}).get("trainer", {}).get("monitor")
-    if monitor:
-        tags["monitor"] = str(monitor)
+    trainer = (checkpoint.get("config") or {}).get("trainer", {})
+    if trainer.get("monitor"):
+        tags["monitor"] = str(trainer["monitor"])
+        tags["monitor_mode"] = str(trainer.get("monitor_mode", "max"))
+    tags["degenerate"] = str(bool(degenerate)).lower()
     tags["temperature"] = repr(float(checkpoint.get("temperature", 1.0)))
     tags.update({f"{VAL_PREFIX}{k}": repr(float(v)) for k, v in val_metrics.items()})
     return tags
+
+
+def is_degenerate_run(run_tags: Mapping[str, str], checkpoint: Mapping[str, Any]) -> bool:
+    """The end-of-run report's verdict (tag :data:`DEGENERATE_TAG`); without it, the flag that
+    selection stored with the checkpoint's score."""
+    tag = run_tags.get(DEGENERATE_TAG)
+    if tag is not None:
+        return str(tag).lower() == "true"
+    return bool((checkpoint.get("best") or {}).get("degenerate", False))
 
 
 def register_best_model(
@@ -114,44 +141,81 @@ def register_best_model(
     run_id: str,
     best_path: str | Path,
     history: Mapping[str, Sequence[float]] | None = None,
-) -> ModelVersion:
+) -> ModelVersion | None:
     """Log ``best_path`` as a pyfunc model in run ``run_id``; register it as ``cfg.registry.name``.
 
     Called by the trainer at the end of a run (the run may be active); ``history`` is the
     trainer's per-epoch metrics, used to tag the version with the selected epoch's validation
-    metrics (read from MLflow when omitted). Sets the alias ``seed-<seed>``.
+    metrics (read from MLflow when omitted). Moves the seed aliases (:mod:`.aliases`).
+    Returns None, registering nothing, for a degenerate model unless
+    ``registry.allow_degenerate``, and the existing version when this run's checkpoint (same
+    best epoch and weights) is registered already.
     """
-    from derm_exp.inference.pyfunc_model import DermClassifierModel, log_pyfunc_model
-
     name = str(cfg.registry.name)
     checkpoint = load_checkpoint(best_path)
     client = MlflowClient()
     run_tags = client.get_run(run_id).data.tags
+    degenerate = is_degenerate_run(run_tags, checkpoint)
+    if degenerate and not cfg.registry.get("allow_degenerate", False):
+        client.set_tag(run_id, SKIPPED_TAG, "degenerate")
+        force = f"python -m derm_exp.train resume={run_id} registry.allow_degenerate=true"
+        log.warning(
+            "not registering run %s as '%s': its selected model predicts one class for (nearly) "
+            "every validation image, so no alias may point at it. To register it anyway: %s",
+            run_id,
+            name,
+            force,
+        )
+        print(f"  not registered: degenerate model. Register it anyway with: {force}")
+        return None
     val = selected_val_metrics(int(checkpoint["best"]["epoch"]), history, run_id)
-    tags = version_tags(run_tags, checkpoint, val)
-    active = mlflow.active_run()
-    artifacts = {CHECKPOINT_ARTIFACT: str(best_path)}
+    tags = version_tags(run_tags, checkpoint, val, degenerate)
+    same = _registered_already(name, run_id, tags)
+    if same is not None:
+        print(f"  already registered: models:/{name}/{same.version} (same checkpoint)")
+        return same
     try:
-        if active is not None and active.info.run_id == run_id:
-            info = log_pyfunc_model(DermClassifierModel, artifacts, MODEL_ARTIFACT)
-        else:
-            with mlflow.start_run(run_id=run_id, nested=active is not None):
-                info = log_pyfunc_model(DermClassifierModel, artifacts, MODEL_ARTIFACT)
-        version = mlflow.register_model(info.model_uri, name, tags=tags)
-        if "seed" in tags:
-            client.set_registered_model_alias(name, f"seed-{tags['seed']}", version.version)
+        version = _log_and_register(name, run_id, best_path, tags)
+        peers = search_versions(name, tags={"seed": tags["seed"]}) if "seed" in tags else []
+        aliases = update_seed_aliases(client, name, str(version.version), tags, peers)
+        client.set_tag(run_id, REGISTERED_TAG, version.version)
+        if SKIPPED_TAG in run_tags:
+            client.delete_tag(run_id, SKIPPED_TAG)
     except MlflowException as exc:
         raise RegistryError(
             f"training finished and its checkpoints are logged, but registering model '{name}' "
             f"failed: {exc.message}. The tracking store must support the model registry "
             "(sqlite or a server with a database); or train with registry.enabled=false"
         ) from exc
-    log.info(
-        "registered %s version %s (models:/%s/%s)", name, version.version, name, version.version
-    )
-    extra = f", group {tags['group']}" if "group" in tags else ""
-    print(f"  registered models:/{name}/{version.version} (alias seed-{tags.get('seed')}{extra})")
+    extra = f"; group {tags['group']}" if "group" in tags else ""
+    flag = " [degenerate, registry.allow_degenerate=true]" if degenerate else ""
+    summary = f"models:/{name}/{version.version}{flag} ({aliases.describe()}{extra})"
+    log.info("registered %s", summary)
+    print(f"  registered {summary}")
     return version
+
+
+def _registered_already(name: str, run_id: str, tags: Mapping[str, str]) -> ModelVersion | None:
+    """A version of ``name`` from run ``run_id`` with the same best epoch and weights."""
+    for version in search_versions(name, filter=f"run_id = {_quote(run_id)}"):
+        if all(version.tags.get(k) == tags.get(k) for k in ("best_epoch", "weights")):
+            return version
+    return None
+
+
+def _log_and_register(
+    name: str, run_id: str, best_path: str | Path, tags: Mapping[str, str]
+) -> ModelVersion:
+    from derm_exp.inference.pyfunc_model import DermClassifierModel, log_pyfunc_model
+
+    active = mlflow.active_run()
+    artifacts = {CHECKPOINT_ARTIFACT: str(best_path)}
+    if active is not None and active.info.run_id == run_id:
+        info = log_pyfunc_model(DermClassifierModel, artifacts, MODEL_ARTIFACT)
+    else:
+        with mlflow.start_run(run_id=run_id, nested=active is not None):
+            info = log_pyfunc_model(DermClassifierModel, artifacts, MODEL_ARTIFACT)
+    return mlflow.register_model(info.model_uri, name, tags=tags)
 
 
 # ---------------------------------------------------------------------------------------------

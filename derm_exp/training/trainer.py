@@ -87,6 +87,10 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
     experiment_id = setup_experiment(
         cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_root
     )
+    if resumed is not None:
+        done = resume_mod.finish_if_done(cfg, resumed)  # a FINISHED run is not trained again
+        if done is not None:
+            return done
 
     frame = split_frame(cfg.data)
     fingerprint = data_fingerprint(frame)
@@ -202,8 +206,7 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
             f"(epoch {state.best.epoch + 1}, {state.best.weights} weights); "
             f"test balanced accuracy = {result['balanced_accuracy']:.4f}"
         )
-        best_row = state.history["epoch"].index(float(state.best.epoch + 1))
-        return float(state.history[cfg.objective][best_row])
+        return resume_mod.best_objective(state.history, state.best.epoch, str(cfg.objective))
     except TrialPruned:
         status = "KILLED"
         mlflow.set_tag("derm_exp.pruned", "true")
