@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -36,6 +37,9 @@ def _guessed_kind(kind: str | None) -> bool:
     """No kind, or one MLflow's UI inferred (``*_inferred``, ``no_inferred_type``); a kind a
     user chose is kept."""
     return not kind or kind.endswith("_inferred") or kind == "no_inferred_type"
+
+
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class TrackingError(RuntimeError):
@@ -87,6 +91,22 @@ def loggable_params(config: Mapping[str, Any]) -> dict[str, str]:
             text = "***"
         out[key] = text[:6000]
     return out
+
+
+@contextlib.contextmanager
+def quiet_artifact_progress() -> Iterator[None]:
+    """No MLflow "Downloading artifacts" progress bar inside the block: our own calls copy a few
+    small files (a checkpoint into a logged model, a checkpoint to resume) and the bar would
+    interleave the training log. Warnings are unaffected; a user's own
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` setting wins."""
+    if _PROGRESS_BAR in os.environ:
+        yield
+        return
+    os.environ[_PROGRESS_BAR] = "false"  # read by MLflow at each transfer
+    try:
+        yield
+    finally:
+        os.environ.pop(_PROGRESS_BAR, None)
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:

@@ -40,12 +40,13 @@ from typing import Any
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from derm_exp.errors import RegistryError
 from derm_exp.tracking.aliases import update_seed_aliases
 from derm_exp.tracking.choices import other_spellings
-from derm_exp.tracking.mlflow_run import MultirunCallback, group_of
+from derm_exp.tracking.mlflow_run import MultirunCallback, group_of, quiet_artifact_progress
 from derm_exp.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ RUN_TAG_KEYS = (
     "group",
 )
 VAL_PREFIX = "val_"
+_EXISTS = {ErrorCode.Name(RESOURCE_ALREADY_EXISTS), ErrorCode.Name(ALREADY_EXISTS)}
 DEGENERATE_TAG = "derm_exp.degenerate_model"  # set on the run by training.final_report
 SKIPPED_TAG = "derm_exp.registry_skipped"  # run tag: why its model was not registered
 REGISTERED_TAG = "derm_exp.registered_version"  # run tag: the version it registered last
@@ -206,16 +208,31 @@ def _registered_already(name: str, run_id: str, tags: Mapping[str, str]) -> Mode
 def _log_and_register(
     name: str, run_id: str, best_path: str | Path, tags: Mapping[str, str]
 ) -> ModelVersion:
+    """Log the pyfunc model in run ``run_id`` and create a version of ``name`` from it.
+
+    Like ``mlflow.register_model``, but through the client, which prints nothing: the fluent
+    call writes "Successfully registered model" / "... already exists. Creating a new version"
+    / "Created version" to stderr, between the lines of the training log.
+    """
     from derm_exp.inference.pyfunc_model import DermClassifierModel, log_pyfunc_model
 
     active = mlflow.active_run()
     artifacts = {CHECKPOINT_ARTIFACT: str(best_path)}
-    if active is not None and active.info.run_id == run_id:
-        info = log_pyfunc_model(DermClassifierModel, artifacts, MODEL_ARTIFACT)
-    else:
-        with mlflow.start_run(run_id=run_id, nested=active is not None):
+    with quiet_artifact_progress():
+        if active is not None and active.info.run_id == run_id:
             info = log_pyfunc_model(DermClassifierModel, artifacts, MODEL_ARTIFACT)
-    return mlflow.register_model(info.model_uri, name, tags=tags)
+        else:
+            with mlflow.start_run(run_id=run_id, nested=active is not None):
+                info = log_pyfunc_model(DermClassifierModel, artifacts, MODEL_ARTIFACT)
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in _EXISTS:
+            raise
+    return client.create_model_version(
+        name, info.model_uri, run_id=run_id, tags=dict(tags), model_id=info.model_id
+    )
 
 
 # ---------------------------------------------------------------------------------------------

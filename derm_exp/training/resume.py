@@ -86,14 +86,24 @@ def locate_checkpoint(ref: str, tracking_uri: str) -> Path:
     local = Path(run.data.tags.get("derm_exp.checkpoint_dir", "")) / "checkpoint_latest.pt"
     if local.is_file():
         return local
+    return _download(ref, "checkpoint_latest.pt", "(local or logged)")
+
+
+def _download(run_id: str, name: str, where: str = "") -> Path:
+    """A checkpoint logged by run ``run_id`` (``checkpoints/<name>``), downloaded quietly."""
+    import mlflow
+
+    from derm_exp.tracking.mlflow_run import quiet_artifact_progress
+
     try:
-        return Path(
-            mlflow.artifacts.download_artifacts(
-                run_id=ref, artifact_path="checkpoints/checkpoint_latest.pt"
+        with quiet_artifact_progress():
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=f"checkpoints/{name}"
+                )
             )
-        )
     except Exception as exc:
-        raise ResumeError(f"run {ref} has no checkpoint_latest.pt (local or logged)") from exc
+        raise ResumeError(f"run {run_id} has no {name} {where}".rstrip()) from exc
 
 
 def _override_keys(overrides: list[str]) -> list[str]:
@@ -228,13 +238,4 @@ def _best_checkpoint(resumed: Resumed) -> Path:
     """The run's ``checkpoint_best.pt`` (calibrated): beside its latest checkpoint, or logged."""
     if resumed.best_path is not None:
         return resumed.best_path
-    import mlflow
-
-    try:
-        return Path(
-            mlflow.artifacts.download_artifacts(
-                run_id=resumed.run_id, artifact_path="checkpoints/checkpoint_best.pt"
-            )
-        )
-    except Exception as exc:
-        raise ResumeError(f"run {resumed.run_id} has no checkpoint_best.pt") from exc
+    return _download(resumed.run_id, "checkpoint_best.pt")

@@ -24,7 +24,6 @@ from derm_exp.data.metadata import CLASSES
 from derm_exp.data.sampling import class_weights
 from derm_exp.data.splits import save_splits
 from derm_exp.errors import StorageError
-from derm_exp.evaluation.metrics import classification_metrics, scalar_metrics
 from derm_exp.models.classifier import build_model
 from derm_exp.tracking.choices import choice_params, config_choices, default_run_name
 from derm_exp.tracking.mlflow_run import (
@@ -43,20 +42,20 @@ from derm_exp.training.checkpoint import (
     set_rng_state,
 )
 from derm_exp.training.data_setup import Loaders, build_loaders, data_fingerprint, split_frame
+from derm_exp.training.epoch_validation import validate_epoch
 from derm_exp.training.final_report import final_report
 from derm_exp.training.hooks import TrialPruned, run_epoch_end_hooks
 from derm_exp.training.loop import (
     NonFiniteLossError,
     StepContext,
     check_finite_weights,
-    predict_logits,
     train_one_epoch,
 )
 from derm_exp.training.losses import build_criterion
 from derm_exp.training.mixing import build_mixup
 from derm_exp.training.runtime import resolve_device, resolve_precision, seed_everything
 from derm_exp.training.schedulers import BatchScheduler, build_scheduler
-from derm_exp.training.selection import Score, is_better, is_degenerate
+from derm_exp.training.selection import Score, is_better
 from derm_exp.training.validate import validate_config, validate_model
 
 log = logging.getLogger(__name__)
@@ -188,6 +187,11 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
                 mlflow.log_artifact(str(p), "splits")
         else:
             mlflow.set_tag("derm_exp.resumed_at_epoch", state.epoch)
+            max_epochs = int(cfg.trainer.max_epochs)
+            if state.epoch < max_epochs:
+                log.info("resuming run %s from epoch %d of %d", run_id, state.epoch + 1, max_epochs)
+            else:
+                log.info("resuming run %s: all its epochs ran; final evaluation only", run_id)
         log.info("MLflow run %s  (%s)", run_id, run_url_hint(run_id))
 
         _train_epochs(
@@ -251,16 +255,28 @@ def _recovery(paths: dict[str, Path]) -> str:
 
 
 def _make_optimizer(
-    cfg: DictConfig, model: torch.nn.Module, stage: int, epochs: int, steps: int
+    cfg: DictConfig, model: torch.nn.Module, stage: int, epochs: int, steps: int, epoch: int
 ) -> tuple[torch.optim.Optimizer, BatchScheduler]:
-    """Stage 1 trains the head of a frozen backbone; stage 2 (or a one-stage run) trains all."""
+    """Stage 1 trains the head of a frozen backbone; stage 2 (or a one-stage run) trains all.
+    ``epoch`` (0-based) is where the stage starts or, on resume, continues."""
     frozen = stage == 1
     model.freeze_backbone(frozen)
     params = [p for p in model.parameters() if p.requires_grad]
+    freeze = int(cfg.trainer.freeze_backbone_epochs)
     overrides = {}
-    if stage == 2 and cfg.trainer.freeze_backbone_epochs and cfg.trainer.finetune_lr is not None:
+    if stage == 2 and freeze and cfg.trainer.finetune_lr is not None:
         overrides["lr"] = cfg.trainer.finetune_lr
     optimizer = instantiate(cfg.optimizer, **overrides)(params)
+    lr = float(overrides.get("lr", cfg.optimizer.lr))
+    if frozen:
+        log.info(
+            "epoch %d: backbone frozen through epoch %d, training the head only (lr %g)",
+            epoch + 1,
+            freeze,
+            lr,
+        )
+    elif freeze:
+        log.info("epoch %d: backbone unfrozen, fine-tuning all layers (lr %g)", epoch + 1, lr)
     return optimizer, build_scheduler(cfg.scheduler, optimizer, epochs, steps)
 
 
@@ -306,7 +322,7 @@ def _train_epochs(
         stage_start, stage_end = (0, freeze) if stage == 1 else (freeze, max_epochs)
         if stage != current_stage:
             optimizer, scheduler = _make_optimizer(
-                cfg, model, stage, stage_end - stage_start, steps
+                cfg, model, stage, stage_end - stage_start, steps, epoch
             )
             ck = resumed.checkpoint if resumed is not None else None
             if ck is not None and ck["stage"] == stage and epoch == state.epoch:
@@ -331,7 +347,7 @@ def _train_epochs(
             desc=f"epoch {epoch + 1}/{max_epochs}",
         )
         check_finite_weights(model, epoch + 1)  # never score or save NaN weights
-        chosen, metrics = _validate(cfg, model, ema, loaders, ctx, epoch)
+        chosen, metrics = validate_epoch(cfg, model, ema, loaders, ctx, epoch)
         lr = optimizer.param_groups[0]["lr"]
         row = {
             "train/loss": train["loss"],
@@ -430,44 +446,3 @@ def _report_skipped_images(loaders: Loaders) -> None:
             len(bad),
             shown,
         )
-
-
-def _validate(cfg, model, ema, loaders: Loaders, ctx, epoch: int) -> tuple[Score, dict]:
-    """Score raw (and EMA) weights on the validation split; return the better and its metrics."""
-    candidates = {"raw": model}
-    if ema is not None:
-        candidates["ema"] = ema.module
-    results: dict[str, tuple[Score, dict]] = {}
-    for name, net in candidates.items():
-        logits, labels = predict_logits(net, loaders.val, ctx, desc=f"val ({name})")
-        probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
-        flat = scalar_metrics(classification_metrics(labels, probs, CLASSES))
-        flat["loss"] = flat["nll"]
-        metrics = {f"val/{k}": v for k, v in flat.items()}
-        value = metrics.get(cfg.trainer.monitor)
-        if value is None:
-            raise ValueError(
-                f"trainer.monitor={cfg.trainer.monitor!r} is not a validation metric; choose one "
-                f"of {', '.join(sorted(metrics))}"
-            )
-        constant = is_degenerate(logits.argmax(1))
-        results[name] = (Score(value, flat["loss"], name, epoch, constant), metrics)
-    chosen_name = "raw"
-    if "ema" in results and is_better(
-        results["ema"][0], results["raw"][0], cfg.trainer.monitor_mode
-    ):
-        chosen_name = "ema"
-    chosen, metrics = results[chosen_name]
-    if len(results) > 1:
-        other = "ema" if chosen_name == "raw" else "raw"
-        metrics = {
-            **metrics,
-            **{
-                f"val_{other}/{k[4:]}": v
-                for k, v in results[other][1].items()
-                if k in ("val/balanced_accuracy", "val/loss")
-            },
-        }
-        metrics[f"val_{chosen_name}/balanced_accuracy"] = metrics["val/balanced_accuracy"]
-        metrics["val/uses_ema"] = float(chosen_name == "ema")
-    return chosen, metrics

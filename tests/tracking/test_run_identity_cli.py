@@ -1,6 +1,7 @@
 """The README's training command on the demo experiment: runs are named and tagged by the options
 the user typed (``model.head=acrnn loss=label_smoothing``), a resumed run keeps them, and the
-ensemble query ``tags.loss=label_smoothing`` finds new and old versions."""
+ensemble query ``tags.loss=label_smoothing`` finds new and old versions. The same two runs show
+the training log: freezing, unfreezing and resuming are logged, MLflow's notices are not."""
 
 from __future__ import annotations
 
@@ -54,17 +55,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
         "experiment=demo",
         "model.head=acrnn",
         "loss=label_smoothing",
-        "trainer.max_epochs=1",
+        "trainer.max_epochs=2",
         "evaluation.n_boot=0",
         f"data.demo.dir={root / 'demo'}",
         "data.demo.n_images=120",
-        "registry.allow_degenerate=true",  # one epoch may predict one class: register anyway
+        "registry.allow_degenerate=true",  # so few epochs may predict one class: register anyway
+        "trainer.freeze_backbone_epochs=1",
         f"hydra.run.dir={root / 'first'}",
     )
     assert first.returncode == 0, first.stderr[-3000:]
     run_id = re.search(r"MLflow run id: ([0-9a-f]{32})", first.stdout).group(1)
     # The resuming command selects no options (Hydra's choices are the defaults there).
-    resumed = _train(root, f"resume={run_id}", "trainer.max_epochs=2", f"hydra.run.dir={root}/2")
+    resumed = _train(root, f"resume={run_id}", "trainer.max_epochs=3", f"hydra.run.dir={root}/2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     return Runs(root, run_id, first, resumed)
 
@@ -89,9 +91,27 @@ def test_run_is_named_and_tagged_by_the_selected_options(runs: Runs) -> None:
 def test_resumed_run_keeps_its_options(runs: Runs) -> None:
     run = runs.client.get_run(runs.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["derm_exp.resumed_at_epoch"] == "1"
+    assert run.data.tags["derm_exp.resumed_at_epoch"] == "2"
     assert run.data.tags["head"] == "acrnn" and run.data.tags["loss"] == "label_smoothing"
     assert run.data.tags["experiment"] == "demo" and run.data.tags["model"] == "tiny"
+
+
+def test_log_names_freezing_and_resuming_without_mlflow_notices(runs: Runs) -> None:
+    first = runs.first.stdout + runs.first.stderr
+    resumed = runs.resumed.stdout + runs.resumed.stderr
+    assert "epoch 1: backbone frozen through epoch 1, training the head only (lr 0.003)" in first
+    assert "epoch 2: backbone unfrozen, fine-tuning all layers (lr 0.003)" in first
+    assert f"resuming run {runs.run_id} from epoch 3 of 3" in resumed
+    assert "epoch 3: backbone unfrozen, fine-tuning all layers (lr 0.003)" in resumed
+    # Both runs registered a version (the second into an existing model: MLflow's fluent API
+    # would say "already exists") and copied a checkpoint into it (its progress bar).
+    versions = runs.client.search_model_versions("name = 'derm-classifier'")
+    assert len([v for v in versions if "head_class" in v.tags]) == 2
+    assert "registered models:/derm-classifier/2" in runs.resumed.stdout
+    for out in (first, resumed):
+        for notice in ("Downloading artifacts", "already exists", "Successfully registered"):
+            assert notice not in out
+        assert "Created version" not in out
 
 
 def test_ensemble_query_by_option_name_finds_new_and_old_versions(runs: Runs) -> None:
