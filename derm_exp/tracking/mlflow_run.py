@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -26,6 +27,21 @@ _SECRET_QUERY = re.compile(
     r"(?<=[?&;])(?P<key>[\w.-]*(?:password|passwd|secret|token|api_key|apikey|access_key)[\w.-]*)=[^&#\s]+",
     re.IGNORECASE,
 )
+
+
+# MLflow 3's UI opens an experiment on what this tag says it holds; without it (or with a value
+# the UI inferred itself) it may open the GenAI "traces" overview with empty charts.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def _guessed_kind(kind: str | None) -> bool:
+    """No kind, or one MLflow's UI inferred (``*_inferred``, ``no_inferred_type``); a kind a
+    user chose is kept."""
+    return not kind or kind.endswith("_inferred") or kind == "no_inferred_type"
+
+
+_PROGRESS_BAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
 class TrackingError(UserError, RuntimeError):
@@ -79,6 +95,22 @@ def loggable_params(config: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def quiet_artifact_progress() -> Iterator[None]:
+    """No MLflow "Downloading artifacts" progress bar inside the block: our own calls copy a few
+    small files (a checkpoint into a logged model, a checkpoint to resume) and the bar would
+    interleave the training log. Warnings are unaffected; a user's own
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR`` setting wins."""
+    if _PROGRESS_BAR in os.environ:
+        yield
+        return
+    os.environ[_PROGRESS_BAR] = "false"  # read by MLflow at each transfer
+    try:
+        yield
+    finally:
+        os.environ.pop(_PROGRESS_BAR, None)
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast (seconds) when an http(s) tracking server cannot be reached."""
     parsed = urllib.parse.urlparse(uri)
@@ -99,6 +131,7 @@ def setup_experiment(uri: str, experiment_name: str, artifact_root: str | None) 
 
     For local stores, artifacts go to ``artifact_root/<experiment name>`` (an absolute path
     anchored at the project root, not the process cwd); servers choose their own location.
+    The experiment is tagged as model training (:data:`EXPERIMENT_KIND`), new or existing.
     """
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
@@ -106,12 +139,20 @@ def setup_experiment(uri: str, experiment_name: str, artifact_root: str | None) 
         exp = mlflow.get_experiment_by_name(experiment_name)
         if exp is not None:
             check_artifact_location(exp.artifact_location)
+            if _guessed_kind(exp.tags.get(EXPERIMENT_KIND_TAG)):
+                MlflowClient().set_experiment_tag(
+                    exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+                )
             return exp.experiment_id
         location = None
         if artifact_root and urllib.parse.urlparse(uri).scheme in {"sqlite", "file", ""}:
             location = (Path(artifact_root) / experiment_name).resolve().as_uri()
             check_artifact_location(location)
-        return mlflow.create_experiment(experiment_name, artifact_location=location)
+        return mlflow.create_experiment(
+            experiment_name,
+            artifact_location=location,
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(f"cannot use tracking store {mask_credentials(uri)}: {exc}") from exc
 
@@ -150,6 +191,39 @@ def run_url_hint(run_id: str) -> str:
     else:
         base = "http://127.0.0.1:5000"
     return f"{base.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
+def training_run_tags(
+    cfg: Any, choices: Mapping[str, str], fingerprint: str, output_dir: Path
+) -> dict[str, Any]:
+    """The tags of a training run: the selected option of every config group (``head=acrnn``,
+    ``loss=label_smoothing``, see :mod:`derm_exp.tracking.choices`), the classes behind head
+    and loss, seed, data fingerprint, the sweep ``group`` of a multirun, ``tracking.tags``."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from derm_exp.tracking.choices import choice_tags, class_tags
+
+    tags = {
+        "backbone": cfg.model.name,
+        "augment": cfg.augment.name,
+        **class_tags(cfg),
+        **choice_tags(choices),
+        "class_weights": str(cfg.loss.class_weights or "none"),
+        "seed": cfg.seed,
+        "data_fingerprint": fingerprint,
+        "derm_exp.checkpoint_dir": str(output_dir.resolve()),
+        "mlflow.note.content": "Research/education only: not a medical device.",
+        "derm_exp.kind": "training",
+    }
+    tags.update(OmegaConf.to_container(cfg.tracking.tags, resolve=True))
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun and "group" not in tags:
+        # One id for every job of a multirun (the sweep folder is shared, also under joblib):
+        # filter them in `mlflow ui` with tags.group = '<date>/<time>'.
+        tags["group"] = sweep_group(HydraConfig.get().sweep.dir)
+    return tags
 
 
 def sweep_group(sweep_dir: str | Path) -> str:

@@ -4,16 +4,29 @@ A registered version is a pyfunc model (:mod:`derm_exp.inference.pyfunc_model`) 
 artifact is ``checkpoint_best.pt``. Its version tags say what it is, so ensembles can be
 assembled by query (``tags.group = '...'``) and refuse incompatible members:
 
-* from the training run: ``backbone``, ``head``, ``loss``, ``augment``, ``seed``,
-  ``data_fingerprint`` (hash of the split assignment) and ``group`` (sweep id, when set);
+* from the training run (:data:`RUN_TAG_KEYS`): ``backbone`` (timm name), the selected option of
+  the config groups as typed (``model``, ``head``, ``loss``, ``augment``, ``optimizer``,
+  ``scheduler``, ``experiment``; see :mod:`derm_exp.tracking.choices`), ``head_class`` /
+  ``loss_class``, ``class_weights``, ``seed``, ``data_fingerprint`` (hash of the split
+  assignment) and ``group`` (sweep id, when set). :func:`search_versions` matches ``head`` /
+  ``loss`` by option or class name, so versions tagged with class names are still found;
 * from the checkpoint: ``classes`` (comma-separated, in output order), ``weights`` (raw/ema),
-  ``best_epoch`` (1-based), ``monitor`` (the selection metric) and ``temperature``;
+  ``best_epoch`` (1-based), ``monitor`` / ``monitor_mode`` (the selection metric) and
+  ``temperature``;
 * ``val_<metric>`` for every validation metric of the selected epoch (``val_balanced_accuracy``,
   ``val_macro_f1``, ``val_macro_auc``, ``val_nll``, ...). No test metric is stored here, so
   nothing can rank models on the test split.
 
-Aliases: ``seed-<seed>`` moves to the newest version trained with that seed. MLflow reserves the
-alias ``latest``; ``models:/derm-classifier/latest`` already resolves to the newest version.
+Every version is tagged ``degenerate`` (true/false). A degenerate model (the end-of-run report's
+run tag ``derm_exp.degenerate_model=true``: one class for >= 95 % of the validation images) is
+not registered unless ``registry.allow_degenerate=true``; the run is tagged
+``derm_exp.registry_skipped=degenerate`` and says how to force it (``python -m derm_exp.train
+resume=<run id> registry.allow_degenerate=true``, which registers a finished run without
+training it again).
+
+Aliases (:mod:`derm_exp.tracking.aliases`): ``seed-<n>`` is the best version trained with seed
+``n`` on its validation metric (``trainer.monitor``, ``monitor_mode``), ``latest-seed-<n>`` the
+newest. MLflow reserves ``latest``; ``models:/derm-classifier/latest`` is the newest version.
 """
 
 from __future__ import annotations
@@ -27,10 +40,13 @@ from typing import Any
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from derm_exp.errors import RegistryError
-from derm_exp.tracking.mlflow_run import MultirunCallback, group_of
+from derm_exp.tracking.aliases import update_seed_aliases
+from derm_exp.tracking.choices import other_spellings
+from derm_exp.tracking.mlflow_run import MultirunCallback, group_of, quiet_artifact_progress
 from derm_exp.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -38,8 +54,27 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_NAME = "derm-classifier"
 MODEL_ARTIFACT = "model"
 CHECKPOINT_ARTIFACT = "checkpoint"
-RUN_TAG_KEYS = ("backbone", "head", "loss", "augment", "seed", "data_fingerprint", "group")
+RUN_TAG_KEYS = (
+    "backbone",
+    "model",
+    "head",
+    "head_class",
+    "loss",
+    "loss_class",
+    "class_weights",
+    "augment",
+    "optimizer",
+    "scheduler",
+    "experiment",
+    "seed",
+    "data_fingerprint",
+    "group",
+)
 VAL_PREFIX = "val_"
+_EXISTS = {ErrorCode.Name(RESOURCE_ALREADY_EXISTS), ErrorCode.Name(ALREADY_EXISTS)}
+DEGENERATE_TAG = "derm_exp.degenerate_model"  # set on the run by training.final_report
+SKIPPED_TAG = "derm_exp.registry_skipped"  # run tag: why its model was not registered
+REGISTERED_TAG = "derm_exp.registered_version"  # run tag: the version it registered last
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[\w-]+))$")
 
 
@@ -71,7 +106,10 @@ def selected_val_metrics(
 
 
 def version_tags(
-    run_tags: Mapping[str, str], checkpoint: Mapping[str, Any], val_metrics: Mapping[str, float]
+    run_tags: Mapping[str, str],
+    checkpoint: Mapping[str, Any],
+    val_metrics: Mapping[str, float],
+    degenerate: bool = False,
 ) -> dict[str, str]:
     """The tags of a new model version (see the module docstring)."""
     best = checkpoint.get("best") or {}
@@ -81,12 +119,23 @@ def version_tags(
     tags["weights"] = str(checkpoint.get("weights", best.get("weights", "raw")))
     if "epoch" in best:
         tags["best_epoch"] = str(int(best["epoch"]) + 1)
-    monitor = (checkpoint.get("config") or {}).get("trainer", {}).get("monitor")
-    if monitor:
-        tags["monitor"] = str(monitor)
+    trainer = (checkpoint.get("config") or {}).get("trainer", {})
+    if trainer.get("monitor"):
+        tags["monitor"] = str(trainer["monitor"])
+        tags["monitor_mode"] = str(trainer.get("monitor_mode", "max"))
+    tags["degenerate"] = str(bool(degenerate)).lower()
     tags["temperature"] = repr(float(checkpoint.get("temperature", 1.0)))
     tags.update({f"{VAL_PREFIX}{k}": repr(float(v)) for k, v in val_metrics.items()})
     return tags
+
+
+def is_degenerate_run(run_tags: Mapping[str, str], checkpoint: Mapping[str, Any]) -> bool:
+    """The end-of-run report's verdict (tag :data:`DEGENERATE_TAG`); without it, the flag that
+    selection stored with the checkpoint's score."""
+    tag = run_tags.get(DEGENERATE_TAG)
+    if tag is not None:
+        return str(tag).lower() == "true"
+    return bool((checkpoint.get("best") or {}).get("degenerate", False))
 
 
 def register_best_model(
@@ -94,44 +143,96 @@ def register_best_model(
     run_id: str,
     best_path: str | Path,
     history: Mapping[str, Sequence[float]] | None = None,
-) -> ModelVersion:
+) -> ModelVersion | None:
     """Log ``best_path`` as a pyfunc model in run ``run_id``; register it as ``cfg.registry.name``.
 
     Called by the trainer at the end of a run (the run may be active); ``history`` is the
     trainer's per-epoch metrics, used to tag the version with the selected epoch's validation
-    metrics (read from MLflow when omitted). Sets the alias ``seed-<seed>``.
+    metrics (read from MLflow when omitted). Moves the seed aliases (:mod:`.aliases`).
+    Returns None, registering nothing, for a degenerate model unless
+    ``registry.allow_degenerate``, and the existing version when this run's checkpoint (same
+    best epoch and weights) is registered already.
     """
-    from derm_exp.inference.pyfunc_model import DermClassifierModel, log_pyfunc_model
-
     name = str(cfg.registry.name)
     checkpoint = load_checkpoint(best_path)
     client = MlflowClient()
     run_tags = client.get_run(run_id).data.tags
+    degenerate = is_degenerate_run(run_tags, checkpoint)
+    if degenerate and not cfg.registry.get("allow_degenerate", False):
+        client.set_tag(run_id, SKIPPED_TAG, "degenerate")
+        force = f"python -m derm_exp.train resume={run_id} registry.allow_degenerate=true"
+        log.warning(
+            "not registering run %s as '%s': its selected model predicts one class for (nearly) "
+            "every validation image, so no alias may point at it. To register it anyway: %s",
+            run_id,
+            name,
+            force,
+        )
+        print(f"  not registered: degenerate model. Register it anyway with: {force}")
+        return None
     val = selected_val_metrics(int(checkpoint["best"]["epoch"]), history, run_id)
-    tags = version_tags(run_tags, checkpoint, val)
-    active = mlflow.active_run()
-    artifacts = {CHECKPOINT_ARTIFACT: str(best_path)}
+    tags = version_tags(run_tags, checkpoint, val, degenerate)
+    same = _registered_already(name, run_id, tags)
+    if same is not None:
+        print(f"  already registered: models:/{name}/{same.version} (same checkpoint)")
+        return same
     try:
-        if active is not None and active.info.run_id == run_id:
-            info = log_pyfunc_model(DermClassifierModel, artifacts, MODEL_ARTIFACT)
-        else:
-            with mlflow.start_run(run_id=run_id, nested=active is not None):
-                info = log_pyfunc_model(DermClassifierModel, artifacts, MODEL_ARTIFACT)
-        version = mlflow.register_model(info.model_uri, name, tags=tags)
-        if "seed" in tags:
-            client.set_registered_model_alias(name, f"seed-{tags['seed']}", version.version)
+        version = _log_and_register(name, run_id, best_path, tags)
+        peers = search_versions(name, tags={"seed": tags["seed"]}) if "seed" in tags else []
+        aliases = update_seed_aliases(client, name, str(version.version), tags, peers)
+        client.set_tag(run_id, REGISTERED_TAG, version.version)
+        if SKIPPED_TAG in run_tags:
+            client.delete_tag(run_id, SKIPPED_TAG)
     except MlflowException as exc:
         raise RegistryError(
             f"training finished and its checkpoints are logged, but registering model '{name}' "
             f"failed: {exc.message}. The tracking store must support the model registry "
             "(sqlite or a server with a database); or train with registry.enabled=false"
         ) from exc
-    log.info(
-        "registered %s version %s (models:/%s/%s)", name, version.version, name, version.version
-    )
-    extra = f", group {tags['group']}" if "group" in tags else ""
-    print(f"  registered models:/{name}/{version.version} (alias seed-{tags.get('seed')}{extra})")
+    extra = f"; group {tags['group']}" if "group" in tags else ""
+    flag = " [degenerate, registry.allow_degenerate=true]" if degenerate else ""
+    summary = f"models:/{name}/{version.version}{flag} ({aliases.describe()}{extra})"
+    log.info("registered %s", summary)
+    print(f"  registered {summary}")
     return version
+
+
+def _registered_already(name: str, run_id: str, tags: Mapping[str, str]) -> ModelVersion | None:
+    """A version of ``name`` from run ``run_id`` with the same best epoch and weights."""
+    for version in search_versions(name, filter=f"run_id = {_quote(run_id)}"):
+        if all(version.tags.get(k) == tags.get(k) for k in ("best_epoch", "weights")):
+            return version
+    return None
+
+
+def _log_and_register(
+    name: str, run_id: str, best_path: str | Path, tags: Mapping[str, str]
+) -> ModelVersion:
+    """Log the pyfunc model in run ``run_id`` and create a version of ``name`` from it.
+
+    Like ``mlflow.register_model``, but through the client, which prints nothing: the fluent
+    call writes "Successfully registered model" / "... already exists. Creating a new version"
+    / "Created version" to stderr, between the lines of the training log.
+    """
+    from derm_exp.inference.pyfunc_model import DermClassifierModel, log_pyfunc_model
+
+    active = mlflow.active_run()
+    artifacts = {CHECKPOINT_ARTIFACT: str(best_path)}
+    with quiet_artifact_progress():
+        if active is not None and active.info.run_id == run_id:
+            info = log_pyfunc_model(DermClassifierModel, artifacts, MODEL_ARTIFACT)
+        else:
+            with mlflow.start_run(run_id=run_id, nested=active is not None):
+                info = log_pyfunc_model(DermClassifierModel, artifacts, MODEL_ARTIFACT)
+    client = MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in _EXISTS:
+            raise
+    return client.create_model_version(
+        name, info.model_uri, run_id=run_id, tags=dict(tags), model_id=info.model_id
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -184,9 +285,32 @@ def search_versions(
     tags: Mapping[str, Any] | None = None,
     filter: str | None = None,
 ) -> list[ModelVersion]:
-    """Every version of ``name`` matching ``group``, ``tags`` and ``filter``, oldest first."""
+    """Every version of ``name`` matching ``group``, ``tags`` and ``filter``, oldest first.
+
+    ``tags`` on ``head``/``loss`` accept option names (``loss=label_smoothing``) and class names
+    (``head=ACRNNHead``) alike, for versions tagged before and after option names
+    (:func:`derm_exp.tracking.choices.other_spellings`); ``filter`` is passed to MLflow as is.
+    """
     client = MlflowClient()
-    query = build_filter(name, group, tags, filter)
+    found = {v.version: v for v in _search(client, build_filter(name, group, tags, filter))}
+    params: dict[str, Mapping[str, str]] = {}
+
+    def params_of(run_id: str | None) -> Mapping[str, str]:
+        if run_id and run_id not in params:
+            try:
+                params[run_id] = client.get_run(run_id).data.params
+            except MlflowException:
+                params[run_id] = {}
+        return params.get(run_id or "", {})
+
+    for alt, keep in other_spellings(tags or {}, params_of):
+        for version in _search(client, build_filter(name, group, alt, filter)):
+            if version.version not in found and keep(version):
+                found[version.version] = version
+    return sorted(found.values(), key=lambda v: int(v.version))
+
+
+def _search(client: MlflowClient, query: str) -> list[ModelVersion]:
     found: list[ModelVersion] = []
     token = None
     try:
@@ -198,7 +322,7 @@ def search_versions(
                 break
     except MlflowException as exc:
         raise RegistryError(f"registry search {query!r} failed: {exc.message}") from exc
-    return sorted(found, key=lambda v: int(v.version))
+    return found
 
 
 def metric_value(version: ModelVersion, rank_by: str) -> float:

@@ -1,4 +1,11 @@
-"""``resume=<checkpoint or run id>``: find the checkpoint and rebuild the run's own config."""
+"""``resume=<checkpoint or run id>``: find the checkpoint and rebuild the run's own config.
+
+A run that is FINISHED (trained, evaluated, registered) is not trained again: resuming it says
+so and does nothing, unless the command raises the limit that stopped it
+(``trainer.max_epochs``, ``trainer.early_stopping_patience`` or ``trainer.max_time_minutes``);
+see :func:`finish_if_done`. A run that stopped before finishing (killed, failed) continues,
+or only runs its final evaluation when no epoch is left.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ RESUMABLE_KEYS = (
     "data.cache_key",
     "tracking.uri",
     "tracking.artifact_root",
+    "registry.allow_degenerate",
 )
 # What checkpoint_latest.pt holds beyond the weights; checkpoint_best.pt lacks most of it.
 _LATEST_KEYS = (
@@ -79,14 +87,24 @@ def locate_checkpoint(ref: str, tracking_uri: str) -> Path:
     local = Path(run.data.tags.get("derm_exp.checkpoint_dir", "")) / "checkpoint_latest.pt"
     if local.is_file():
         return local
+    return _download(ref, "checkpoint_latest.pt", "(local or logged)")
+
+
+def _download(run_id: str, name: str, where: str = "") -> Path:
+    """A checkpoint logged by run ``run_id`` (``checkpoints/<name>``), downloaded quietly."""
+    import mlflow
+
+    from derm_exp.tracking.mlflow_run import quiet_artifact_progress
+
     try:
-        return Path(
-            mlflow.artifacts.download_artifacts(
-                run_id=ref, artifact_path="checkpoints/checkpoint_latest.pt"
+        with quiet_artifact_progress():
+            return Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=f"checkpoints/{name}"
+                )
             )
-        )
     except Exception as exc:
-        raise ResumeError(f"run {ref} has no checkpoint_latest.pt (local or logged)") from exc
+        raise ResumeError(f"run {run_id} has no {name} {where}".rstrip()) from exc
 
 
 def _override_keys(overrides: list[str]) -> list[str]:
@@ -129,3 +147,96 @@ def load_for_resume(cfg: DictConfig, overrides: list[str]) -> Resumed:
     config.resume = str(cfg.resume)
     best = path.parent / "checkpoint_best.pt"
     return Resumed(config, ck, ck["run_id"], best if best.is_file() else None, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finished runs: resuming one does nothing unless a limit that stopped it was raised.
+
+
+def best_objective(history: dict[str, list[float]], best_epoch: int, objective: str) -> float:
+    """``objective`` at the selected epoch (0-based ``best_epoch``) of a run's history."""
+    row = list(history["epoch"]).index(float(best_epoch + 1))
+    return float(history[objective][row])
+
+
+def stop_reason(checkpoint: dict[str, Any], cfg: DictConfig) -> tuple[str, str] | None:
+    """Why the training loop would not run another epoch under ``cfg`` (what stopped it, and the
+    override that continues it), or None when it would."""
+    trainer = cfg.trainer
+    done = int(checkpoint["epoch"]) + 1
+    if done >= int(trainer.max_epochs):
+        return (
+            f"it trained all trainer.max_epochs={trainer.max_epochs} epochs",
+            f"trainer.max_epochs={done + 5}",
+        )
+    patience = int(trainer.early_stopping_patience)
+    if int(checkpoint["stale_epochs"]) >= patience:
+        return (
+            f"early stopping ended it after epoch {done} (trainer.early_stopping_patience="
+            f"{patience})",
+            f"trainer.early_stopping_patience={patience + 5}",
+        )
+    budget = trainer.max_time_minutes
+    elapsed = float(checkpoint["elapsed"])
+    if budget and elapsed + elapsed / done > float(budget) * 60:
+        return (
+            f"its time budget trainer.max_time_minutes={budget} was used up",
+            f"trainer.max_time_minutes={float(budget) * 2:g}",
+        )
+    return None
+
+
+def _run_state(run_id: str) -> tuple[str | None, dict[str, str]]:
+    """The MLflow status and tags of ``run_id`` (None, {} when the store does not know it)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    try:
+        run = MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return None, {}
+    return run.info.status, dict(run.data.tags)
+
+
+def finish_if_done(cfg: DictConfig, resumed: Resumed) -> float | None:
+    """``resume=`` of a FINISHED run with no epoch left: say so and do nothing (no second
+    evaluation, version or alias move), except register its model when that was skipped for
+    being degenerate and ``registry.allow_degenerate=true`` now asks for it. Returns the run's
+    objective then; None when the run is not finished or a raised limit continues it."""
+    ck = resumed.checkpoint
+    status, tags = _run_state(resumed.run_id)
+    stopped = stop_reason(ck, cfg)
+    if status != "FINISHED" or stopped is None:
+        return None
+    from derm_exp.tracking.registry import SKIPPED_TAG, register_best_model, search_versions
+
+    value = best_objective(ck["history"], int(ck["best"]["epoch"]), str(cfg.objective))
+    registry = cfg.get("registry") or {}
+    skipped = tags.get(SKIPPED_TAG) == "degenerate"
+    if registry.get("enabled", True) and registry.get("allow_degenerate", False) and skipped:
+        print(f"Run {resumed.run_id} is finished; registering its degenerate model as asked.")
+        register_best_model(cfg, resumed.run_id, _best_checkpoint(resumed), history=ck["history"])
+        return value
+    run_id, (why, more) = resumed.run_id, stopped
+    name = str(registry.get("name", "derm-classifier"))
+    versions = [str(v.version) for v in search_versions(name, filter=f"run_id = '{run_id}'")]
+    outcome = (
+        f"registered as {name} version {', '.join(versions)}" if versions else "not registered"
+    )
+    if skipped:
+        outcome += " (degenerate model; add registry.allow_degenerate=true to register it)"
+    print(
+        f"Run {run_id} is already finished: {why}; best {cfg.trainer.monitor} = "
+        f"{ck['best']['value']:.4f} at epoch {int(ck['best']['epoch']) + 1}, evaluated, "
+        f"{outcome}. Nothing to do.\n"
+        f"  Train it further: python -m derm_exp.train resume={run_id} {more}\n"
+        f"  Evaluate it again: python -m derm_exp.evaluate model={run_id}"
+    )
+    return value
+
+
+def _best_checkpoint(resumed: Resumed) -> Path:
+    """The run's ``checkpoint_best.pt`` (calibrated): beside its latest checkpoint, or logged."""
+    if resumed.best_path is not None:
+        return resumed.best_path
+    return _download(resumed.run_id, "checkpoint_best.pt")

@@ -16,8 +16,6 @@ from typing import Any
 
 import mlflow
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
@@ -26,14 +24,14 @@ from derm_exp.data.metadata import CLASSES
 from derm_exp.data.sampling import class_weights
 from derm_exp.data.splits import save_splits
 from derm_exp.errors import StorageError
-from derm_exp.evaluation.metrics import classification_metrics, scalar_metrics
 from derm_exp.models.classifier import build_model
+from derm_exp.tracking.choices import choice_params, config_choices, default_run_name
 from derm_exp.tracking.mlflow_run import (
     loggable_params,
     redact_config,
     run_url_hint,
     setup_experiment,
-    sweep_group,
+    training_run_tags,
 )
 from derm_exp.tracking.registry import register_best_model
 from derm_exp.training import resume as resume_mod
@@ -44,20 +42,20 @@ from derm_exp.training.checkpoint import (
     set_rng_state,
 )
 from derm_exp.training.data_setup import Loaders, build_loaders, data_fingerprint, split_frame
+from derm_exp.training.epoch_validation import validate_epoch
 from derm_exp.training.final_report import final_report
 from derm_exp.training.hooks import TrialPruned, run_epoch_end_hooks
 from derm_exp.training.loop import (
     NonFiniteLossError,
     StepContext,
     check_finite_weights,
-    predict_logits,
     train_one_epoch,
 )
 from derm_exp.training.losses import build_criterion
 from derm_exp.training.mixing import build_mixup
 from derm_exp.training.runtime import resolve_device, resolve_precision, seed_everything
 from derm_exp.training.schedulers import BatchScheduler, build_scheduler
-from derm_exp.training.selection import Score, is_better, is_degenerate
+from derm_exp.training.selection import Score, is_better
 from derm_exp.training.validate import validate_config, validate_model
 
 log = logging.getLogger(__name__)
@@ -88,6 +86,10 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
     experiment_id = setup_experiment(
         cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_root
     )
+    if resumed is not None:
+        done = resume_mod.finish_if_done(cfg, resumed)  # a FINISHED run is not trained again
+        if done is not None:
+            return done
 
     frame = split_frame(cfg.data)
     fingerprint = data_fingerprint(frame)
@@ -156,9 +158,12 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
         for key, src in (("latest", resumed.checkpoint_path), ("best", resumed.best_path)):
             if src is not None:
                 copy_checkpoint(src, paths[key])
+    # A resumed run keeps the group options it was started with (see tracking.choices).
+    choices = config_choices(cfg, resumed.checkpoint if resumed else None)
     base = {
         "format": CHECKPOINT_FORMAT,
         "config": redact_config(OmegaConf.to_container(cfg, resolve=True)),
+        "choices": choices,
         "classes": list(CLASSES),
         "data_config": data_config,
         "data_fingerprint": fingerprint,
@@ -168,20 +173,25 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
     if resumed is not None:
         run_kwargs = {"run_id": resumed.run_id}
     else:
-        run_kwargs["run_name"] = cfg.run_name
+        run_kwargs["run_name"] = cfg.run_name or default_run_name(cfg, choices)
     run = mlflow.start_run(**run_kwargs)
     status = "FAILED"
     try:
         run_id = run.info.run_id
         base["run_id"] = run_id
-        mlflow.set_tags(_run_tags(cfg, fingerprint, output_dir))
+        mlflow.set_tags(training_run_tags(cfg, choices, fingerprint, output_dir))
         if resumed is None:
-            mlflow.log_params(loggable_params(base["config"]))
+            mlflow.log_params({**loggable_params(base["config"]), **choice_params(choices)})
             mlflow.log_dict(base["config"], "config/resolved_config.json")
             for p in split_paths:
                 mlflow.log_artifact(str(p), "splits")
         else:
             mlflow.set_tag("derm_exp.resumed_at_epoch", state.epoch)
+            max_epochs = int(cfg.trainer.max_epochs)
+            if state.epoch < max_epochs:
+                log.info("resuming run %s from epoch %d of %d", run_id, state.epoch + 1, max_epochs)
+            else:
+                log.info("resuming run %s: all its epochs ran; final evaluation only", run_id)
         log.info("MLflow run %s  (%s)", run_id, run_url_hint(run_id))
 
         _train_epochs(
@@ -200,8 +210,7 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
             f"(epoch {state.best.epoch + 1}, {state.best.weights} weights); "
             f"test balanced accuracy = {result['balanced_accuracy']:.4f}"
         )
-        best_row = state.history["epoch"].index(float(state.best.epoch + 1))
-        return float(state.history[cfg.objective][best_row])
+        return resume_mod.best_objective(state.history, state.best.epoch, str(cfg.objective))
     except TrialPruned:
         status = "KILLED"
         mlflow.set_tag("derm_exp.pruned", "true")
@@ -245,38 +254,29 @@ def _recovery(paths: dict[str, Path]) -> str:
     )
 
 
-def _run_tags(cfg: DictConfig, fingerprint: str, output_dir: Path) -> dict[str, Any]:
-    tags = {
-        "backbone": cfg.model.name,
-        "head": cfg.model.head._target_.rsplit(".", 1)[-1],
-        "loss": cfg.loss.criterion._target_.rsplit(".", 1)[-1],
-        "augment": cfg.augment.name,
-        "seed": cfg.seed,
-        "data_fingerprint": fingerprint,
-        "derm_exp.checkpoint_dir": str(output_dir.resolve()),
-        "mlflow.note.content": "Research/education only: not a medical device.",
-        "derm_exp.kind": "training",
-    }
-    tags.update(OmegaConf.to_container(cfg.tracking.tags, resolve=True))
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    if multirun and "group" not in tags:
-        # One id for every job of a multirun (the sweep folder is shared, also under joblib):
-        # filter them in `mlflow ui` with tags.group = '<date>/<time>'.
-        tags["group"] = sweep_group(HydraConfig.get().sweep.dir)
-    return tags
-
-
 def _make_optimizer(
-    cfg: DictConfig, model: torch.nn.Module, stage: int, epochs: int, steps: int
+    cfg: DictConfig, model: torch.nn.Module, stage: int, epochs: int, steps: int, epoch: int
 ) -> tuple[torch.optim.Optimizer, BatchScheduler]:
-    """Stage 1 trains the head of a frozen backbone; stage 2 (or a one-stage run) trains all."""
+    """Stage 1 trains the head of a frozen backbone; stage 2 (or a one-stage run) trains all.
+    ``epoch`` (0-based) is where the stage starts or, on resume, continues."""
     frozen = stage == 1
     model.freeze_backbone(frozen)
     params = [p for p in model.parameters() if p.requires_grad]
+    freeze = int(cfg.trainer.freeze_backbone_epochs)
     overrides = {}
-    if stage == 2 and cfg.trainer.freeze_backbone_epochs and cfg.trainer.finetune_lr is not None:
+    if stage == 2 and freeze and cfg.trainer.finetune_lr is not None:
         overrides["lr"] = cfg.trainer.finetune_lr
     optimizer = instantiate(cfg.optimizer, **overrides)(params)
+    lr = float(overrides.get("lr", cfg.optimizer.lr))
+    if frozen:
+        log.info(
+            "epoch %d: backbone frozen through epoch %d, training the head only (lr %g)",
+            epoch + 1,
+            freeze,
+            lr,
+        )
+    elif freeze:
+        log.info("epoch %d: backbone unfrozen, fine-tuning all layers (lr %g)", epoch + 1, lr)
     return optimizer, build_scheduler(cfg.scheduler, optimizer, epochs, steps)
 
 
@@ -322,7 +322,7 @@ def _train_epochs(
         stage_start, stage_end = (0, freeze) if stage == 1 else (freeze, max_epochs)
         if stage != current_stage:
             optimizer, scheduler = _make_optimizer(
-                cfg, model, stage, stage_end - stage_start, steps
+                cfg, model, stage, stage_end - stage_start, steps, epoch
             )
             ck = resumed.checkpoint if resumed is not None else None
             if ck is not None and ck["stage"] == stage and epoch == state.epoch:
@@ -347,7 +347,7 @@ def _train_epochs(
             desc=f"epoch {epoch + 1}/{max_epochs}",
         )
         check_finite_weights(model, epoch + 1)  # never score or save NaN weights
-        chosen, metrics = _validate(cfg, model, ema, loaders, ctx, epoch)
+        chosen, metrics = validate_epoch(cfg, model, ema, loaders, ctx, epoch)
         lr = optimizer.param_groups[0]["lr"]
         row = {
             "train/loss": train["loss"],
@@ -446,44 +446,3 @@ def _report_skipped_images(loaders: Loaders) -> None:
             len(bad),
             shown,
         )
-
-
-def _validate(cfg, model, ema, loaders: Loaders, ctx, epoch: int) -> tuple[Score, dict]:
-    """Score raw (and EMA) weights on the validation split; return the better and its metrics."""
-    candidates = {"raw": model}
-    if ema is not None:
-        candidates["ema"] = ema.module
-    results: dict[str, tuple[Score, dict]] = {}
-    for name, net in candidates.items():
-        logits, labels = predict_logits(net, loaders.val, ctx, desc=f"val ({name})")
-        probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
-        flat = scalar_metrics(classification_metrics(labels, probs, CLASSES))
-        flat["loss"] = flat["nll"]
-        metrics = {f"val/{k}": v for k, v in flat.items()}
-        value = metrics.get(cfg.trainer.monitor)
-        if value is None:
-            raise ValueError(
-                f"trainer.monitor={cfg.trainer.monitor!r} is not a validation metric; choose one "
-                f"of {', '.join(sorted(metrics))}"
-            )
-        constant = is_degenerate(logits.argmax(1))
-        results[name] = (Score(value, flat["loss"], name, epoch, constant), metrics)
-    chosen_name = "raw"
-    if "ema" in results and is_better(
-        results["ema"][0], results["raw"][0], cfg.trainer.monitor_mode
-    ):
-        chosen_name = "ema"
-    chosen, metrics = results[chosen_name]
-    if len(results) > 1:
-        other = "ema" if chosen_name == "raw" else "raw"
-        metrics = {
-            **metrics,
-            **{
-                f"val_{other}/{k[4:]}": v
-                for k, v in results[other][1].items()
-                if k in ("val/balanced_accuracy", "val/loss")
-            },
-        }
-        metrics[f"val_{chosen_name}/balanced_accuracy"] = metrics["val/balanced_accuracy"]
-        metrics["val/uses_ema"] = float(chosen_name == "ema")
-    return chosen, metrics

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, open_dict
 from derm_exp.errors import PredictionInputError, RegistryError
 from derm_exp.tracking.registry import (
     build_filter,
+    register_best_model,
     resolve_version,
     search_versions,
     selected_val_metrics,
@@ -56,6 +57,8 @@ def test_best_checkpoint_is_registered_and_loads_with_pyfunc(
         tiny_cfg.trainer.max_epochs = 1
         tiny_cfg.seed = 5
         tiny_cfg.tracking.tags = {"group": "g-test"}
+        # One epoch at 32 px predicts one class: registered only because this says so.
+        tiny_cfg.registry.allow_degenerate = True
     run_id = quick_fit(tiny_cfg, tmp_path / "out")
     run = MlflowClient().get_run(run_id)
 
@@ -66,6 +69,7 @@ def test_best_checkpoint_is_registered_and_loads_with_pyfunc(
         assert tags[key] == run.data.tags[key], key
     assert tags["classes"] == "akiec,bcc,bkl,df,mel,nv,vasc"
     assert tags["best_epoch"] == "1"
+    assert tags["degenerate"] == "true" and tags["monitor_mode"] == "max"
     assert float(tags["val_balanced_accuracy"]) == pytest.approx(
         run.data.metrics["val/balanced_accuracy"]
     )
@@ -74,6 +78,7 @@ def test_best_checkpoint_is_registered_and_loads_with_pyfunc(
     assert from_store["balanced_accuracy"] == pytest.approx(float(tags["val_balanced_accuracy"]))
     assert search_versions("derm-classifier", filter="tags.head = 'ACRNNHead'") == []
     assert resolve_version("models:/derm-classifier@seed-5").version == version.version
+    assert resolve_version("models:/derm-classifier@latest-seed-5").version == version.version
     assert resolve_version("models:/derm-classifier/latest").version == version.version
 
     local = Path(mlflow.artifacts.download_artifacts("models:/derm-classifier@seed-5"))
@@ -98,6 +103,11 @@ def test_best_checkpoint_is_registered_and_loads_with_pyfunc(
         np.testing.assert_allclose(model.predict(other).to_numpy(), out.to_numpy(), atol=1e-6)
     with pytest.raises(PredictionInputError, match="neither an existing file nor base64"):
         model.predict(["/no/such/image.jpg"])
+    # The same run's same checkpoint is not registered twice (e.g. a resumed run that trained
+    # on without a better epoch).
+    again = register_best_model(tiny_cfg, run_id, tmp_path / "out" / "checkpoint_best.pt")
+    assert str(again.version) == str(version.version)
+    assert len(search_versions("derm-classifier")) == 1
 
 
 def test_registry_disabled_registers_nothing(

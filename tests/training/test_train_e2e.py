@@ -63,7 +63,12 @@ def test_tiny_run_logs_everything(tiny_cfg: DictConfig, tmp_path: Path) -> None:
         assert [m.step for m in history] == [1, 2], key
     assert "test/balanced_accuracy" in run.data.metrics
     assert "test/ece_calibrated" in run.data.metrics
-    assert run.data.tags["head"] == "ACRNNHead"
+    # Option names, derived from the config where Hydra is not running (fit called directly).
+    assert run.data.tags["head"] == "acrnn" and run.data.tags["head_class"] == "ACRNNHead"
+    assert run.data.tags["loss"] == "cross_entropy" and run.data.tags["model"] == "tiny"
+    assert run.data.params["choice.model/head"] == "acrnn"
+    assert run.data.params["loss.name"] == "cross_entropy"
+    assert run.info.run_name == "test_efficientnet-acrnn-cross_entropy-s42"
     plots = _artifacts(client, run.info.run_id, "plots")
     assert {
         "training_curves.png",

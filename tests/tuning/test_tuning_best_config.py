@@ -53,7 +53,6 @@ def test_written_file_composes_as_an_experiment(tmp_path: Path) -> None:
     assert cfg.optimizer.lr == 0.002
     assert cfg.data.sampler == "weighted"
     assert cfg.data.root == "/data/HAM10000"
-    assert cfg.run_name == "demo"  # from the included experiment=demo
     assert cfg.data.image_size == 64
 
 

@@ -1,0 +1,52 @@
+"""Each epoch's validation: score the raw and the EMA weights, keep the better as the candidate."""
+
+from __future__ import annotations
+
+import torch
+
+from derm_exp.data.metadata import CLASSES
+from derm_exp.evaluation.metrics import classification_metrics, scalar_metrics
+from derm_exp.training.data_setup import Loaders
+from derm_exp.training.loop import predict_logits
+from derm_exp.training.selection import Score, is_better, is_degenerate
+
+
+def validate_epoch(cfg, model, ema, loaders: Loaders, ctx, epoch: int) -> tuple[Score, dict]:
+    """Score raw (and EMA) weights on the validation split; return the better and its metrics."""
+    candidates = {"raw": model}
+    if ema is not None:
+        candidates["ema"] = ema.module
+    results: dict[str, tuple[Score, dict]] = {}
+    for name, net in candidates.items():
+        logits, labels = predict_logits(net, loaders.val, ctx, desc=f"val ({name})")
+        probs = torch.softmax(torch.from_numpy(logits), 1).numpy()
+        flat = scalar_metrics(classification_metrics(labels, probs, CLASSES))
+        flat["loss"] = flat["nll"]
+        metrics = {f"val/{k}": v for k, v in flat.items()}
+        value = metrics.get(cfg.trainer.monitor)
+        if value is None:
+            raise ValueError(
+                f"trainer.monitor={cfg.trainer.monitor!r} is not a validation metric; choose one "
+                f"of {', '.join(sorted(metrics))}"
+            )
+        constant = is_degenerate(logits.argmax(1))
+        results[name] = (Score(value, flat["loss"], name, epoch, constant), metrics)
+    chosen_name = "raw"
+    if "ema" in results and is_better(
+        results["ema"][0], results["raw"][0], cfg.trainer.monitor_mode
+    ):
+        chosen_name = "ema"
+    chosen, metrics = results[chosen_name]
+    if len(results) > 1:
+        other = "ema" if chosen_name == "raw" else "raw"
+        metrics = {
+            **metrics,
+            **{
+                f"val_{other}/{k[4:]}": v
+                for k, v in results[other][1].items()
+                if k in ("val/balanced_accuracy", "val/loss")
+            },
+        }
+        metrics[f"val_{chosen_name}/balanced_accuracy"] = metrics["val/balanced_accuracy"]
+        metrics["val/uses_ema"] = float(chosen_name == "ema")
+    return chosen, metrics
