@@ -24,6 +24,9 @@ _NOT_USED_BY = {
     "benchmark": "benchmark selects model, data, augment, ... directly",
 }
 
+# Autocast settings (trainer.amp, the predictor's amp); resolved by runtime.resolve_precision.
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
 _OVERRIDE = re.compile(r"^(?P<prefix>\+{0,2}|~)(?P<key>[A-Za-z_][\w.]*)(?P<rest>=.*)?$")
 
 

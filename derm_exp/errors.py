@@ -18,6 +18,10 @@ class UserError(Exception):
     """
 
 
+class ConfigError(UserError, ValueError):
+    """A configuration value is invalid."""
+
+
 class ModelSourceError(UserError, ValueError):
     """A model reference (checkpoint path, MLflow run id, ``models:/`` URI) cannot be resolved."""
 

@@ -198,8 +198,8 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     from derm_exp.evaluation.report import evaluate_predictions, lesion_level
     from derm_exp.inference.loading import load_classifier
     from derm_exp.inference.tta import preset_from_config, views_to_probabilities
+    from derm_exp.runtime import Precision, resolve_device
     from derm_exp.training.loop import StepContext, predict_logits
-    from derm_exp.training.runtime import Precision, resolve_device
     from derm_exp.training.validate import ConfigError
 
     device = resolve_device(cfg.device)

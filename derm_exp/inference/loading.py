@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from derm_exp.models.checkpoint import CheckpointError, load_checkpoint
 from derm_exp.models.classifier import SkinLesionClassifier, build_model
-from derm_exp.training.checkpoint import CheckpointError, load_checkpoint
 
 
 @dataclass

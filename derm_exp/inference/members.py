@@ -62,7 +62,7 @@ class Member:
 
 def _checkpoint_meta(path: Path) -> dict[str, Any]:
     """A checkpoint's metadata, memory-mapped (the weights are not read)."""
-    from derm_exp.training.checkpoint import CheckpointError
+    from derm_exp.models.checkpoint import CheckpointError
 
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)

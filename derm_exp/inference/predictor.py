@@ -42,7 +42,7 @@ from derm_exp.inference.tta import (
     tta_modes,
     views_to_probabilities,
 )
-from derm_exp.training.runtime import Precision, resolve_device, resolve_precision
+from derm_exp.runtime import Precision, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import torch
 from derm_exp.data.metadata import CLASSES
 from derm_exp.inference.tta import expand_views
 from derm_exp.perf.timing import median, time_calls
-from derm_exp.training.runtime import Precision
+from derm_exp.runtime import Precision
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from derm_exp.perf import compare, inference, report, training
 from derm_exp.perf.loader import loader_throughput
 from derm_exp.perf.settings import check_benchmark_config
 from derm_exp.perf.timing import environment, peak_memory
+from derm_exp.runtime import resolve_device, resolve_precision, seed_everything
 from derm_exp.training.data_setup import build_loaders, split_frame
-from derm_exp.training.runtime import resolve_device, resolve_precision, seed_everything
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from timm.utils import ModelEmaV3
 
 from derm_exp.data.metadata import CLASSES
 from derm_exp.perf.timing import median, sync
+from derm_exp.runtime import Precision
 from derm_exp.training.loop import StepContext, train_one_epoch
 from derm_exp.training.losses import build_criterion
 from derm_exp.training.mixing import build_mixup
-from derm_exp.training.runtime import Precision
 from derm_exp.training.schedulers import build_scheduler
 from derm_exp.training.trainer import compile_for_training
 

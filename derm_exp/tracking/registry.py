@@ -44,10 +44,10 @@ from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS
 from mlflow.tracking import MlflowClient
 
 from derm_exp.errors import RegistryError
+from derm_exp.models.checkpoint import load_checkpoint
 from derm_exp.tracking.aliases import update_seed_aliases
 from derm_exp.tracking.choices import other_spellings
 from derm_exp.tracking.mlflow_run import MultirunCallback, group_of, quiet_artifact_progress
-from derm_exp.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from derm_exp.evaluation import plots
 from derm_exp.evaluation.calibration import fit_temperature
 from derm_exp.evaluation.report import evaluate_predictions, log_evaluation
 from derm_exp.inference.tta import check_views, views_to_probabilities
-from derm_exp.training.checkpoint import load_checkpoint, save_checkpoint
+from derm_exp.models.checkpoint import load_checkpoint, save_checkpoint
 from derm_exp.training.data_setup import Loaders
 from derm_exp.training.diagnosis import FitDiagnosis, diagnose
 from derm_exp.training.loop import StepContext, predict_logits

@@ -12,7 +12,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from derm_exp.errors import UserError
-from derm_exp.training.runtime import Precision
+from derm_exp.runtime import Precision
 from derm_exp.training.schedulers import BatchScheduler
 
 

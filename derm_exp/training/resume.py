@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from derm_exp.errors import UserError
-from derm_exp.training.checkpoint import load_checkpoint
+from derm_exp.models.checkpoint import load_checkpoint
 
 # What may change when continuing a run; anything else must match the checkpoint's config.
 RESUMABLE_KEYS = (

@@ -24,7 +24,9 @@ from derm_exp.data.metadata import CLASSES
 from derm_exp.data.sampling import class_weights
 from derm_exp.data.splits import save_splits
 from derm_exp.errors import StorageError
+from derm_exp.models.checkpoint import copy_checkpoint, save_checkpoint
 from derm_exp.models.classifier import build_model
+from derm_exp.runtime import resolve_device, resolve_precision, seed_everything
 from derm_exp.tracking.choices import choice_params, config_choices, default_run_name
 from derm_exp.tracking.mlflow_run import (
     loggable_params,
@@ -35,12 +37,6 @@ from derm_exp.tracking.mlflow_run import (
 )
 from derm_exp.tracking.registry import register_best_model
 from derm_exp.training import resume as resume_mod
-from derm_exp.training.checkpoint import (
-    copy_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
 from derm_exp.training.data_setup import Loaders, build_loaders, data_fingerprint, split_frame
 from derm_exp.training.epoch_validation import validate_epoch
 from derm_exp.training.final_report import final_report
@@ -53,7 +49,7 @@ from derm_exp.training.loop import (
 )
 from derm_exp.training.losses import build_criterion
 from derm_exp.training.mixing import build_mixup
-from derm_exp.training.runtime import resolve_device, resolve_precision, seed_everything
+from derm_exp.training.rng import rng_state, set_rng_state
 from derm_exp.training.schedulers import BatchScheduler, build_scheduler
 from derm_exp.training.selection import Score, is_better
 from derm_exp.training.validate import validate_config, validate_model

@@ -7,11 +7,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from derm_exp.errors import UserError
+from derm_exp.config import AMP_MODES
+from derm_exp.errors import ConfigError
 
-
-class ConfigError(UserError, ValueError):
-    """A configuration value is invalid."""
+__all__ = ["AMP_MODES", "ConfigError", "validate_config", "validate_model"]
 
 
 # Keys whose values must be numbers: (key, integer?, may be null?). Checked first, so the value
@@ -35,8 +34,6 @@ _NUMBERS: tuple[tuple[str, bool, bool], ...] = (
     ("trainer.grad_clip_norm", False, True),
     ("trainer.ema.decay", False, False),
 )
-# Autocast settings (trainer.amp, the predictor's amp); resolved by runtime.resolve_precision.
-AMP_MODES = ("auto", "bf16", "fp16", "off")
 _CHOICES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("data.on_bad_image", ("skip", "error")),
     ("data.sampler", ("none", "weighted")),

@@ -13,7 +13,7 @@ import pytest
 
 from derm_exp.config import PROJECT_ROOT
 from derm_exp.data.errors import DataValidationError
-from derm_exp.training.checkpoint import load_checkpoint
+from derm_exp.models.checkpoint import load_checkpoint
 from tests.conftest import compose_train
 from tests.inference.conftest import TrainedModel, session_model
 

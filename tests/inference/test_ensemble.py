@@ -94,8 +94,8 @@ def _checkpoint(path: Path, seed: int, fingerprint: str = "fp-demo") -> Path:
     import torch
 
     from derm_exp.data.metadata import CLASSES
+    from derm_exp.models.checkpoint import save_checkpoint
     from derm_exp.models.classifier import build_model
-    from derm_exp.training.checkpoint import save_checkpoint
     from tests.conftest import compose_train
 
     cfg = compose_train(["model=tiny", "data.image_size=32"])

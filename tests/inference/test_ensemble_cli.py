@@ -174,7 +174,7 @@ def test_ensemble_refuses_members_from_another_split(sweep: Sweep, tmp_path: Pat
     import torch
 
     from derm_exp.ensemble import run_ensemble
-    from derm_exp.training.checkpoint import save_checkpoint
+    from derm_exp.models.checkpoint import save_checkpoint
 
     run = _runs(sweep, "tags.seed = '1'")[0]
     ck_path = Path(run.data.tags["derm_exp.checkpoint_dir"]) / "checkpoint_best.pt"

@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
 from derm_exp.errors import StorageError
+from derm_exp.models.checkpoint import load_checkpoint, save_checkpoint
 from derm_exp.tracking.mlflow_run import TrackingError
-from derm_exp.training.checkpoint import load_checkpoint, save_checkpoint
 from derm_exp.training.loop import NonFiniteLossError
 from tests.reliability.helpers import (
     ROOT,
@@ -94,7 +94,7 @@ def test_sigkill_then_resume_equals_uninterrupted_run(
 WRITER = textwrap.dedent(
     """
     import sys, torch
-    from derm_exp.training.checkpoint import save_checkpoint
+    from derm_exp.models.checkpoint import save_checkpoint
     step = 0
     while True:  # ~32 MB per checkpoint, each value = its step number
         save_checkpoint({"step": step, "w": torch.full((8_000_000,), float(step))}, sys.argv[1])

@@ -205,7 +205,7 @@ def test_invalid_config_values_are_listed(overrides: list[str], message: str) ->
 
 
 def test_unknown_device_is_a_config_error() -> None:
-    from derm_exp.training.runtime import resolve_device
+    from derm_exp.runtime import resolve_device
 
     with pytest.raises(ConfigError, match="device='gpu0' is not a device"):
         resolve_device("gpu0")

@@ -13,8 +13,8 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import open_dict
 
+from derm_exp.models.checkpoint import CheckpointError, load_checkpoint
 from derm_exp.tracking import mlflow_run
-from derm_exp.training.checkpoint import CheckpointError, load_checkpoint
 from tests.conftest import compose_train
 from tests.reliability.conftest import SECRET
 from tests.reliability.helpers import ROOT
@@ -176,7 +176,7 @@ def test_resume_of_a_run_tracked_with_credentials_asks_for_the_uri(
 ) -> None:
     """Checkpoints never hold the password, so resuming asks for the URI instead of silently
     using a masked one."""
-    from derm_exp.training.checkpoint import save_checkpoint
+    from derm_exp.models.checkpoint import save_checkpoint
     from derm_exp.training.resume import ResumeError, load_for_resume
 
     ck = load_checkpoint(damaged_run.output_dir / "checkpoint_latest.pt")

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 
 from derm_exp.inference.loading import load_classifier
-from derm_exp.training.checkpoint import load_checkpoint
+from derm_exp.models.checkpoint import load_checkpoint
 from derm_exp.training.trainer import compile_for_training, fit
 
 

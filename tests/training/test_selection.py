@@ -10,7 +10,7 @@ import pytest
 from omegaconf import DictConfig, open_dict
 
 from derm_exp.data.metadata import CLASSES
-from derm_exp.training.checkpoint import load_checkpoint
+from derm_exp.models.checkpoint import load_checkpoint
 from derm_exp.training.selection import (
     Score,
     dominant_share,

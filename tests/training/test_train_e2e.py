@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
-from derm_exp.training.checkpoint import load_checkpoint
+from derm_exp.models.checkpoint import load_checkpoint
 from derm_exp.training.trainer import fit
 
 

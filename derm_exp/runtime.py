@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from derm_exp.training.validate import AMP_MODES
+from derm_exp.config import AMP_MODES
+from derm_exp.errors import ConfigError
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -35,8 +36,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    from derm_exp.training.validate import ConfigError
-
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as exc:
