@@ -24,7 +24,7 @@ from derm_exp.data.metadata import CLASSES
 from derm_exp.data.sampling import class_weights
 from derm_exp.data.splits import save_splits
 from derm_exp.errors import StorageError
-from derm_exp.models.checkpoint import copy_checkpoint, save_checkpoint
+from derm_exp.models.checkpoint import checkpoint_meta, copy_checkpoint, save_checkpoint
 from derm_exp.models.classifier import build_model
 from derm_exp.runtime import resolve_device, resolve_precision, seed_everything
 from derm_exp.tracking.choices import choice_params, config_choices, default_run_name
@@ -55,7 +55,6 @@ from derm_exp.training.selection import Score, is_better
 from derm_exp.training.validate import validate_config, validate_model
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = "derm_exp.checkpoint/1"
 
 
 @dataclass
@@ -156,14 +155,13 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
                 copy_checkpoint(src, paths[key])
     # A resumed run keeps the group options it was started with (see tracking.choices).
     choices = config_choices(cfg, resumed.checkpoint if resumed else None)
-    base = {
-        "format": CHECKPOINT_FORMAT,
-        "config": redact_config(OmegaConf.to_container(cfg, resolve=True)),
-        "choices": choices,
-        "classes": list(CLASSES),
-        "data_config": data_config,
-        "data_fingerprint": fingerprint,
-    }
+    base = checkpoint_meta(
+        config=redact_config(OmegaConf.to_container(cfg, resolve=True)),
+        choices=choices,
+        classes=list(CLASSES),
+        data_config=data_config,
+        data_fingerprint=fingerprint,
+    )
 
     run_kwargs: dict[str, Any] = {"experiment_id": experiment_id}
     if resumed is not None:
@@ -363,6 +361,7 @@ def _train_epochs(
             save_checkpoint(
                 {
                     **base,
+                    "kind": "best",
                     "model": weights.state_dict(),
                     "weights": chosen.weights,
                     "epoch": epoch,
@@ -377,6 +376,7 @@ def _train_epochs(
         save_checkpoint(
             {
                 **base,
+                "kind": "latest",
                 "model": model.state_dict(),
                 "ema": ema.state_dict() if ema else None,
                 "optimizer": optimizer.state_dict(),
