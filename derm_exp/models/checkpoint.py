@@ -29,7 +29,8 @@ from derm_exp.errors import UserError
 
 FORMAT_NAME = "derm_exp.checkpoint"
 # 1: config, classes, data_config, data_fingerprint and, in later files, run_id and choices.
-# 2: choices (the config-group options the model was built from), run_id and kind always held.
+# 2: choices (the config-group options the model was built from), run_id and kind always held;
+#    the history's val_raw/* and val_ema/* lists have one value per epoch like the others.
 FORMAT_VERSION = 2
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 _FORMAT = re.compile(rf"^{re.escape(FORMAT_NAME)}/(?P<version>\d+)$")
@@ -286,15 +287,42 @@ def migrate(ck: dict[str, Any], path: str | Path | None = None) -> dict[str, Any
 
 def _v1_to_v2(ck: dict[str, Any]) -> dict[str, Any]:
     """Version 1 -> 2: record the group options (derived from the config, as for a run started
-    without Hydra), the kind (a latest checkpoint has an optimizer state) and ``run_id``."""
+    without Hydra), the kind (a latest checkpoint has an optimizer state) and ``run_id``; align
+    the history's per-weights lists with its epochs."""
     config = ck.get("config") or {}
-    return {
+    out = {
         **ck,
         "format": f"{FORMAT_NAME}/2",
         "kind": ck.get("kind") or ("latest" if "optimizer" in ck else "best"),
         "choices": dict(ck.get("choices") or (derive_choices(config) if config else {})),
         "run_id": ck.get("run_id"),
     }
+    if isinstance(ck.get("history"), dict):
+        out["history"] = _aligned_history(ck["history"])
+    return out
+
+
+def _aligned_history(history: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Version 1 histories hold ``val_raw/<m>`` / ``val_ema/<m>`` only for the epochs where
+    those weights were not the selected ones (``val/uses_ema``) when the trainer did not log
+    them otherwise: fill the selected epochs from ``val/<m>``, one value per epoch in every list.
+    """
+    flags = history.get("val/uses_ema")
+    if not flags:
+        return history
+    out = dict(history)
+    for weights, ema in (("val_raw/", False), ("val_ema/", True)):
+        selected = [(f == 1) == ema for f in flags]
+        for key in [k for k in history if k.startswith(weights)]:
+            values, chosen = list(history[key]), history.get("val/" + key.split("/", 1)[1])
+            if len(values) == len(flags) or chosen is None or len(chosen) != len(flags):
+                continue
+            if len(values) == selected.count(False):
+                rest = iter(values)
+                out[key] = [
+                    float(c) if s else next(rest) for s, c in zip(selected, chosen, strict=True)
+                ]
+    return out
 
 
 _MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}

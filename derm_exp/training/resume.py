@@ -134,6 +134,16 @@ def load_for_resume(cfg: DictConfig, overrides: list[str]) -> Resumed:
     return Resumed(config, ck, ck["run_id"], best if best.is_file() else None, path)
 
 
+def check_same_data(resumed: Resumed, fingerprint: str) -> None:
+    """Refuse to continue on other data: the split assignment must hash the same."""
+    stored = resumed.checkpoint["data_fingerprint"]
+    if stored != fingerprint:
+        raise ResumeError(
+            f"the data or split settings changed since the run started (fingerprint {stored} -> "
+            f"{fingerprint}); resume needs the same data"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # Finished runs: resuming one does nothing unless a limit that stopped it was raised.
 

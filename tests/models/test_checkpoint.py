@@ -145,3 +145,22 @@ def test_a_plain_state_dict_is_refused_by_every_reader(parts, tmp_path: Path) ->
         load_classifier(path)
     with pytest.raises(CheckpointError, match=expected):
         member_from_checkpoint(path)
+
+
+def test_version_1_history_gets_one_value_per_epoch_in_every_list(parts, tmp_path: Path) -> None:
+    """Version 1 logged the other weights' loss only on epochs where they were not selected."""
+    config, model = parts
+    history = {
+        "epoch": [1.0, 2.0, 3.0],
+        "val/uses_ema": [0.0, 1.0, 0.0],
+        "val/loss": [1.0, 0.9, 0.8],
+        "val_raw/loss": [0.95],  # epoch 2 only (EMA selected)
+        "val_ema/loss": [1.1, 0.85],  # epochs 1 and 3
+        "val_raw/balanced_accuracy": [0.2, 0.3, 0.4],  # already complete
+    }
+    old = {**_version_1(_best(config, model)), "history": history, "optimizer": {}}
+    ck = load_checkpoint(save_checkpoint(old, tmp_path / "latest.pt"))
+    assert ck["history"]["val_raw/loss"] == [1.0, 0.95, 0.8]
+    assert ck["history"]["val_ema/loss"] == [1.1, 0.9, 0.85]
+    assert ck["history"]["val_raw/balanced_accuracy"] == [0.2, 0.3, 0.4]
+    assert {len(v) for v in ck["history"].values()} == {3}
