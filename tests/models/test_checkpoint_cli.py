@@ -1,6 +1,6 @@
 """The checkpoint format on the command line: ``python -m derm_exp.train experiment=demo`` records
-the selected options in both checkpoints; an older file still predicts and resumes, a newer one
-is one ``error:`` line."""
+the selected options in both checkpoints (and a history with one value per epoch in every list);
+an older file still predicts and resumes, a newer one is one ``error:`` line."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def test_demo_checkpoints_record_options_and_old_files_still_load(tmp_path: Path
         "experiment=demo",
         "model.head=acrnn",
         "loss=focal",
-        "trainer.max_epochs=1",
+        "trainer.max_epochs=2",
         "evaluation.n_boot=0",
         "data.num_workers=0",
         f"data.demo.dir={tmp_path / 'demo'}",
@@ -67,6 +67,11 @@ def test_demo_checkpoints_record_options_and_old_files_still_load(tmp_path: Path
             "model/head": "acrnn",
             "loss": "focal",
         }
+
+    # Both weights' validation figures every epoch: one value per epoch in every history list.
+    history = load_checkpoint(out / "checkpoint_latest.pt")["history"]
+    assert {len(v) for v in history.values()} == {2}
+    assert {"val_raw/loss", "val_ema/loss", "val_raw/balanced_accuracy"} <= set(history)
 
     image = tmp_path / "lesion.jpg"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)).save(image)
