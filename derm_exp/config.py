@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -245,3 +247,55 @@ def run_hydra_main(main, config_name: str) -> None:
         args = [a if a.startswith("-") else next(rewritten) for a in args]
     sys.argv[1:] = args
     main()
+
+
+# ---------------------------------------------------------------------------------------------
+# Which option of each group a config holds, without Hydra (runs started from Python, and
+# checkpoints written before they recorded it; see tracking.choices and models.checkpoint).
+
+# Groups that are diffs over the others (``# @package _global_``): never derivable from a config.
+_GLOBAL_GROUPS = ("experiment", "hparams_search")
+_IDENTITY_KEYS = ("name", "mode", "_target_")
+
+
+@functools.cache
+def option_contents(group: str) -> dict[str, dict[str, Any]]:
+    """Option name -> its file's content, for one config group under ``conf/``."""
+    return {
+        p.stem: OmegaConf.to_container(OmegaConf.load(p), resolve=False) or {}
+        for p in sorted((CONF_DIR / group).glob("*.yaml"))
+        if not p.stem.startswith("best_")
+    }
+
+
+def _identity(option: Mapping[str, Any]) -> tuple[str, Any] | None:
+    for key in _IDENTITY_KEYS:
+        if key in option:
+            return key, option[key]
+    return None
+
+
+def derive_choices(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
+    """The option of each group that ``cfg`` holds, found by its identifying key (``name``,
+    ``mode`` or ``_target_``; groups with a single option: that option); groups it cannot tell
+    apart are left out."""
+    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    out = {}
+    for group in sorted(config_groups(CONF_DIR)):
+        if group in _GLOBAL_GROUPS:
+            continue
+        node = OmegaConf.select(cfg, group.replace("/", "."), default=None)
+        options = option_contents(group)
+        if not isinstance(node, DictConfig) or not options:
+            continue
+        found = []
+        for option, content in options.items():
+            ident = _identity(content)
+            if ident is None:
+                if len(options) == 1:
+                    found.append(option)
+            elif node.get(ident[0]) == ident[1]:
+                found.append(option)
+        if len(found) == 1:
+            out[group] = found[0]
+    return out

@@ -172,3 +172,46 @@ def test_the_settings_check_turns_single_values_into_lists() -> None:
     assert cfg.benchmark.inference_amp == "bf16"  # as plain Hydra stores it
     assert check_benchmark_config(cfg) == ["inference"]
     assert list(cfg.benchmark.inference_amp) == ["bf16"]
+
+
+def test_the_benchmark_times_the_training_setup_of_a_run(demo_data: Path, tmp_path: Path) -> None:
+    """The train section uses the trainer's own setup: the loss with its class weights, and the
+    all-layers stage at trainer.finetune_lr after a frozen-backbone stage."""
+    from derm_exp.data.metadata import CLASSES
+    from derm_exp.models.classifier import build_model
+    from derm_exp.training.data_setup import split_frame
+    from derm_exp.training.losses import loss_class_weights
+    from tests.conftest import compose_train
+
+    args = [
+        "model=tiny",
+        "data.image_size=32",
+        f"data.root={demo_data}",
+        "loss=focal",
+        "loss.class_weights=inverse_frequency",
+        "trainer.freeze_backbone_epochs=2",
+        "trainer.finetune_lr=1e-4",
+    ]
+    out = tmp_path / "out"
+    proc = run_benchmark(
+        *args,
+        "data.num_workers=0",
+        "device=cpu",
+        "benchmark.sections=[train]",
+        "benchmark.batches=1",
+        "benchmark.warmup=0",
+        "benchmark.threads=1",
+        f"hydra.run.dir={out}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train = json.loads((out / "benchmark.json").read_text())["train"]
+    cfg = compose_train(args, config_name="benchmark")
+    frame = split_frame(cfg.data)
+    labels = frame.loc[frame["split"] == "train", "label"].to_numpy()
+    expected = loss_class_weights(cfg.loss, labels)
+    assert train["loss"]["name"] == "FocalLoss"
+    assert train["loss"]["class_weights"] == pytest.approx(expected.tolist())
+    assert len(set(train["loss"]["class_weights"])) > 1  # really weighted
+    assert train["stage"] == "all layers" and train["optimizer"]["lr"] == pytest.approx(1e-4)
+    model = build_model(cfg.model, num_classes=len(CLASSES), image_size=32)
+    assert train["trainable_parameters"] == sum(p.numel() for p in model.parameters())

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from derm_exp.models.checkpoint import CheckpointError, load_checkpoint
+from derm_exp.models.checkpoint import checkpoint_metadata, load_checkpoint
 from derm_exp.models.classifier import SkinLesionClassifier, build_model
 
 
@@ -31,21 +31,19 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
     the checkpoint. Loading uses ``torch.load(weights_only=True)``.
     """
     ck = load_checkpoint(path)
-    missing = [k for k in ("config", "classes", "data_config", "model") if k not in ck]
-    if missing:
-        raise CheckpointError(f"{path} is not a derm_exp checkpoint (missing {', '.join(missing)})")
-    model_cfg = OmegaConf.create(ck["config"]["model"])
+    meta = checkpoint_metadata(ck, path)
+    model_cfg = OmegaConf.create(meta.config["model"])
     # The checkpoint holds every weight: never fetch or read pretrained weights again.
     model_cfg.pretrained, model_cfg.pretrained_file = False, None
-    image_size = ck["data_config"]["input_size"][-1]
-    model = build_model(model_cfg, num_classes=len(ck["classes"]), image_size=image_size)
+    image_size = meta.data_config["input_size"][-1]
+    model = build_model(model_cfg, num_classes=len(meta.classes), image_size=image_size)
     model.load_state_dict(ck["model"])
     model.to(device).eval()
     return LoadedModel(
         model=model,
-        classes=list(ck["classes"]),
-        data_config=dict(ck["data_config"]),
-        temperature=float(ck.get("temperature", 1.0)),
-        config=ck["config"],
+        classes=meta.classes,
+        data_config=meta.data_config,
+        temperature=meta.temperature,
+        config=meta.config,
         checkpoint_path=Path(path),
     )

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from derm_exp.errors import RegistryError
+from derm_exp.models.checkpoint import checkpoint_metadata, load_checkpoint
 
 DEFAULT_RANK_BY = "val_balanced_accuracy"
 
@@ -60,36 +59,22 @@ class Member:
         }
 
 
-def _checkpoint_meta(path: Path) -> dict[str, Any]:
-    """A checkpoint's metadata, memory-mapped (the weights are not read)."""
-    from derm_exp.models.checkpoint import CheckpointError
-
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:  # torch raises several types for corrupt or foreign files
-        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
-    if not isinstance(ck, dict) or "classes" not in ck:
-        raise CheckpointError(f"{path} is not a derm_exp checkpoint (no class list)")
-    return ck
-
-
 def member_from_checkpoint(
     path: str | os.PathLike, name: str | None = None, run_id: str | None = None
 ) -> Member:
     """A member from a local ``checkpoint_best.pt``; its validation metric is the
     selection metric stored in the checkpoint (``best.value`` of ``trainer.monitor``)."""
     path = Path(path)
-    ck = _checkpoint_meta(path)
+    meta = checkpoint_metadata(load_checkpoint(path, mmap=True), path)  # weights not read
     metrics = {}
-    monitor = (ck.get("config") or {}).get("trainer", {}).get("monitor")
-    if monitor and ck.get("best"):
-        metrics[str(monitor).replace("/", "_")] = float(ck["best"]["value"])
+    if meta.monitor and meta.best:
+        metrics[meta.monitor.replace("/", "_")] = float(meta.best["value"])
     return Member(
         name=name or str(path),
         checkpoint=path,
-        classes=list(ck["classes"]),
-        data_fingerprint=ck.get("data_fingerprint"),
-        run_id=run_id or ck.get("run_id"),
+        classes=meta.classes,
+        data_fingerprint=meta.data_fingerprint,
+        run_id=run_id or meta.run_id,
         val_metrics=metrics,
     )
 

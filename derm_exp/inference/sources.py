@@ -226,11 +226,11 @@ def _from_run(
 
 def peek_checkpoint(path: str | os.PathLike) -> dict:
     """A checkpoint's entries, tensors memory-mapped (cheap); {} when it cannot be read."""
-    import torch
+    from derm_exp.models.checkpoint import CheckpointError, load_checkpoint
 
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # not loadable here: load_classifier reports it clearly later
+        ck = load_checkpoint(path, mmap=True)
+    except CheckpointError:  # not loadable here: load_classifier reports it clearly later
         return {}
     return ck if isinstance(ck, dict) else {}
 

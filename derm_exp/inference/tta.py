@@ -18,6 +18,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from derm_exp.inference.aggregation import VIEW_AGGREGATIONS, aggregate, check_aggregation
+from derm_exp.inference.view_names import SQUARE_ONLY_VIEWS, VIEW_NAMES
 
 
 def _rotate(deg: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -41,17 +42,15 @@ VIEWS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 def check_views(views: Sequence[str]) -> list[str]:
     """Validate view names, keeping their order."""
-    unknown = [v for v in views if v not in VIEWS]
+    unknown = [v for v in views if v not in VIEW_NAMES]
     if unknown:
-        raise ValueError(f"unknown TTA view(s) {unknown}; valid: {', '.join(VIEWS)}")
+        raise ValueError(f"unknown TTA view(s) {unknown}; valid: {', '.join(VIEW_NAMES)}")
     return list(views)
 
 
 def expand_views(x: torch.Tensor, views: Sequence[str]) -> torch.Tensor:
     """Stack the views of batch ``x`` (B,C,H,W) into one batch (V*B,C,H,W), view-major."""
-    if x.shape[-1] != x.shape[-2] and any(
-        v in {"rot90", "rot270", "transpose", "transverse"} for v in views
-    ):
+    if x.shape[-1] != x.shape[-2] and any(v in SQUARE_ONLY_VIEWS for v in views):
         raise ValueError("90-degree TTA views need square inputs")
     return torch.cat([VIEWS[v](x) for v in check_views(views)], dim=0)
 

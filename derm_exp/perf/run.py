@@ -21,7 +21,6 @@ from derm_exp.perf.loader import loader_throughput
 from derm_exp.perf.settings import check_benchmark_config
 from derm_exp.perf.timing import environment, peak_memory
 from derm_exp.runtime import resolve_device, resolve_precision, seed_everything
-from derm_exp.training.data_setup import build_loaders, split_frame
 
 log = logging.getLogger(__name__)
 
@@ -80,63 +79,6 @@ def loader_section(cfg: DictConfig, data_config: dict, device: torch.device) -> 
     return out
 
 
-def train_section(
-    cfg: DictConfig, model: torch.nn.Module, device: torch.device, precision: Any, size: int
-) -> dict[str, Any]:
-    """Step breakdown on synthetic tensors, then the trainer's loop fed by synthetic tensors
-    (before and after, averaged) and by the real training loader for each worker count."""
-    b = cfg.benchmark
-    warmup, batches = int(b.warmup), int(b.batches)
-    parts = training.build_train_parts(cfg, model, device, precision)
-    batch = training.synthetic_batch(int(cfg.data.batch_size), size)
-    step = training.step_breakdown(parts, batch, max(1, warmup), batches)
-    synthetic = [training.loop_throughput(parts, training.repeat_batch(batch), warmup, batches)]
-    frame = split_frame(cfg.data)
-    configured = int(cfg.data.num_workers)
-    counts = [configured] + [int(w) for w in b.get("real_loader_workers") or [] if w != configured]
-    real: dict[int, dict[str, Any]] = {}
-    cached = False
-    for workers in counts:
-        data_cfg = cfg.data.copy()
-        data_cfg.num_workers = workers
-        loaders = build_loaders(frame, data_cfg, cfg.augment, model.data_config, device)
-        cached = cached or loaders.train.dataset.images is not None
-        train_loader = loaders.train
-        real[workers] = training.loop_throughput(
-            parts,
-            lambda: train_loader,  # noqa: B023 (consumed right here)
-            warmup,
-            batches,
-        )
-    synthetic.append(training.loop_throughput(parts, training.repeat_batch(batch), warmup, batches))
-    synthetic_img_s = sum(r["img_s"] for r in synthetic) / len(synthetic)
-    synthetic_cpu = sum(r["cpu_ms_per_image"] for r in synthetic) / len(synthetic)
-    return {
-        "batch_size": int(cfg.data.batch_size),
-        "workers": configured,
-        "cached": cached,
-        "optimizer": {
-            "name": type(parts.optimizer).__name__,
-            "foreach": parts.optimizer.defaults.get("foreach"),
-            "fused": parts.optimizer.defaults.get("fused"),
-        },
-        "step": step,
-        "synthetic_img_s": synthetic_img_s,
-        "synthetic_img_s_before_after": [r["img_s"] for r in synthetic],
-        "synthetic_cpu_ms_per_image": synthetic_cpu,
-        "real_loader_img_s": real[configured]["img_s"],
-        "real_over_synthetic": real[configured]["img_s"] / synthetic_img_s,
-        "real_loader_img_s_by_workers": {str(w): r["img_s"] for w, r in real.items()},
-        "real_over_synthetic_by_workers": {
-            str(w): r["img_s"] / synthetic_img_s for w, r in real.items()
-        },
-        # CPU time of the main process per image; with 0 workers it includes all data loading.
-        "real_loader_cpu_ms_per_image_by_workers": {
-            str(w): r["cpu_ms_per_image"] for w, r in real.items()
-        },
-    }
-
-
 def inference_section(
     cfg: DictConfig, model: torch.nn.Module, device: torch.device, precision: Any, size: int
 ) -> dict[str, Any]:
@@ -192,66 +134,22 @@ def compare_section(
 def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Run ``cfg.benchmark.sections``; write ``benchmark.json`` to ``output_dir``; print a table."""
     sections = check_benchmark_config(cfg)
-    seed_everything(int(cfg.seed))
-    if cfg.benchmark.get("threads"):
-        torch.set_num_threads(int(cfg.benchmark.threads))
-    device = resolve_device(cfg.device)
-    precision = resolve_precision(cfg.trainer.amp, device)
+    device, precision = _prepare(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     fresh = bool(cfg.benchmark.fresh_cache)
     cache_dir = Path(tempfile.mkdtemp(prefix="cache-", dir=output_dir)) if fresh else None
     if cache_dir is not None:
         with open_dict(cfg):
             cfg.data.cache_dir = str(cache_dir)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     try:
         model = build_model(cfg.model, num_classes=len(CLASSES), image_size=cfg.data.image_size)
         size = int(model.data_config["input_size"][-1])
         result: dict[str, Any] = {
             "format": report.FORMAT,
             "environment": environment(device),
-            "config": {
-                "model": str(cfg.model.name),
-                "head": str(cfg.model.head._target_).rsplit(".", 1)[-1],
-                "image_size": size,
-                "batch_size": int(cfg.data.batch_size),
-                "eval_batch_size": int(cfg.data.eval_batch_size),
-                "num_workers": int(cfg.data.num_workers),
-                "augment": str(cfg.augment.name),
-                "amp": str(precision.dtype).removeprefix("torch.") if precision.dtype else "off",
-                "channels_last": bool(cfg.trainer.channels_last),
-                "compile": str(cfg.trainer.get("compile", False)),
-                "data_root": str(resolve_data_root(cfg.data)),
-                "cache": bool(cfg.data.cache),
-                "cache_scale": float(cfg.data.cache_scale),
-                "warmup": int(cfg.benchmark.warmup),
-                "batches": int(cfg.benchmark.batches),
-                "repeats": int(cfg.benchmark.repeats),
-                "sections": sections,
-            },
+            "config": _config_summary(cfg, precision, size, sections),
         }
-        if "loader" in sections:
-            log.info("benchmark: data loading (JPEG vs cache)")
-            result["loader"] = loader_section(cfg, model.data_config, device)
-        if "train" in sections:
-            log.info("benchmark: training step and loop")
-            result["train"] = train_section(cfg, model, device, precision, size)
-        if "inference" in sections:
-            log.info("benchmark: inference")
-            result["inference"] = inference_section(cfg, model, device, precision, size)
-            result["forward"] = {
-                "batch_size": result["inference"]["batch_size"],
-                "img_s": result["inference"]["batch_img_s"],
-            }
-            result["predictor"] = _predictor(cfg, model, device)
-            for name, amp, compiled in inference_variants(cfg, precision, device):
-                log.info("benchmark: inference variant %s", name)
-                variants = result.setdefault("inference_variants", {})
-                variants[name] = _variant_inference(cfg, model, device, amp, compiled, size)
-        if "compare" in sections:
-            log.info("benchmark: option comparisons (AMP, AdamW, compile)")
-            result["compare"] = compare_section(cfg, model, device, size)
+        result.update(_run_sections(cfg, sections, model, device, precision, size))
         result["memory"] = peak_memory(device)
         if "train" in result and "forward" in result:
             result["epoch_estimate"] = report.epoch_estimate(
@@ -265,6 +163,81 @@ def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     finally:
         if cache_dir is not None:
             shutil.rmtree(cache_dir, ignore_errors=True)
+    _write(cfg, result, output_dir)
+    return result
+
+
+def _prepare(cfg: DictConfig) -> tuple[torch.device, Any]:
+    """Seed, thread count, device and autocast setting; peak-memory counters reset."""
+    seed_everything(int(cfg.seed))
+    if cfg.benchmark.get("threads"):
+        torch.set_num_threads(int(cfg.benchmark.threads))
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.trainer.amp, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return device, precision
+
+
+def _config_summary(cfg: DictConfig, precision: Any, size: int, sections: list[str]) -> dict:
+    """What was measured: model, sizes, data and benchmark settings."""
+    return {
+        "model": str(cfg.model.name),
+        "head": str(cfg.model.head._target_).rsplit(".", 1)[-1],
+        "image_size": size,
+        "batch_size": int(cfg.data.batch_size),
+        "eval_batch_size": int(cfg.data.eval_batch_size),
+        "num_workers": int(cfg.data.num_workers),
+        "augment": str(cfg.augment.name),
+        "amp": str(precision.dtype).removeprefix("torch.") if precision.dtype else "off",
+        "channels_last": bool(cfg.trainer.channels_last),
+        "compile": str(cfg.trainer.get("compile", False)),
+        "data_root": str(resolve_data_root(cfg.data)),
+        "cache": bool(cfg.data.cache),
+        "cache_scale": float(cfg.data.cache_scale),
+        "warmup": int(cfg.benchmark.warmup),
+        "batches": int(cfg.benchmark.batches),
+        "repeats": int(cfg.benchmark.repeats),
+        "sections": sections,
+    }
+
+
+def _run_sections(
+    cfg: DictConfig,
+    sections: list[str],
+    model: torch.nn.Module,
+    device: torch.device,
+    precision: Any,
+    size: int,
+) -> dict[str, Any]:
+    """The figures of each selected section, in the order loader, train, inference, compare."""
+    out: dict[str, Any] = {}
+    if "loader" in sections:
+        log.info("benchmark: data loading (JPEG vs cache)")
+        out["loader"] = loader_section(cfg, model.data_config, device)
+    if "train" in sections:
+        log.info("benchmark: training step and loop")
+        out["train"] = training.train_section(cfg, model, device, precision, size)
+    if "inference" in sections:
+        log.info("benchmark: inference")
+        out["inference"] = inference_section(cfg, model, device, precision, size)
+        out["forward"] = {
+            "batch_size": out["inference"]["batch_size"],
+            "img_s": out["inference"]["batch_img_s"],
+        }
+        out["predictor"] = _predictor(cfg, model, device)
+        for name, amp, compiled in inference_variants(cfg, precision, device):
+            log.info("benchmark: inference variant %s", name)
+            variants = out.setdefault("inference_variants", {})
+            variants[name] = _variant_inference(cfg, model, device, amp, compiled, size)
+    if "compare" in sections:
+        log.info("benchmark: option comparisons (AMP, AdamW, compile)")
+        out["compare"] = compare_section(cfg, model, device, size)
+    return out
+
+
+def _write(cfg: DictConfig, result: dict[str, Any], output_dir: Path) -> None:
+    """``benchmark.json``, the printed table and, with ``mlflow.enabled``, an MLflow run."""
     path = output_dir / "benchmark.json"
     path.write_text(json.dumps(result, indent=2, default=str))
     print(report.table(result))
@@ -272,7 +245,6 @@ def run_benchmark(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if cfg.mlflow.enabled:
         run_id = report.log_to_mlflow(result, cfg.tracking, str(path))
         print(f"MLflow run id: {run_id} (experiment {cfg.tracking.experiment_name})")
-    return result
 
 
 def _predictor(

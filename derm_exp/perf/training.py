@@ -1,5 +1,6 @@
-"""Training throughput: a per-phase step breakdown, and the trainer's own epoch loop fed by
-synthetic tensors vs by the real DataLoader (their ratio shows whether data loading starves it)."""
+"""Training throughput of the trainer's own setup (:func:`build_train_parts`): a per-phase step
+breakdown, and the trainer's epoch loop fed by synthetic tensors vs by the real DataLoader
+(their ratio shows whether data loading starves it)."""
 
 from __future__ import annotations
 
@@ -10,64 +11,130 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
-from timm.utils import ModelEmaV3
 
 from derm_exp.data.metadata import CLASSES
 from derm_exp.perf.timing import median, sync
 from derm_exp.runtime import Precision
-from derm_exp.training.loop import StepContext, train_one_epoch
-from derm_exp.training.losses import build_criterion
-from derm_exp.training.mixing import build_mixup
-from derm_exp.training.schedulers import build_scheduler
-from derm_exp.training.trainer import compile_for_training
+from derm_exp.training.data_setup import Loaders, build_loaders, split_frame
+from derm_exp.training.loop import train_one_epoch
+from derm_exp.training.schedulers import BatchScheduler
+from derm_exp.training.stages import ALL_LAYERS, make_optimizer, stage_bounds
+from derm_exp.training.trainer import TrainParts, build_parts
 
 
 @dataclass
-class TrainParts:
-    """What the trainer builds around the model for one stage (see ``trainer.fit``)."""
+class TimedTraining:
+    """The trainer's own parts and the optimizer and schedule of the stage that is timed."""
 
-    model: torch.nn.Module  # the module whose weights are trained
-    train_model: torch.nn.Module  # the same, possibly torch.compile'd
+    parts: TrainParts
     optimizer: torch.optim.Optimizer
-    scheduler: Any
-    criterion: torch.nn.Module
-    ctx: StepContext
-    scaler: torch.amp.GradScaler | None
-    ema: ModelEmaV3 | None
-    mixup: Any
+    scheduler: BatchScheduler
+    stage: int
 
 
 def build_train_parts(
-    cfg: DictConfig, model: torch.nn.Module, device: torch.device, precision: Precision
-) -> TrainParts:
-    """Optimizer, scheduler, loss, EMA and step context exactly as a training run sets them up."""
-    model.to(device)
-    if cfg.trainer.channels_last:
-        model.to(memory_format=torch.channels_last)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = instantiate(cfg.optimizer)(params)
-    ema = None
-    if cfg.trainer.ema.enabled:
-        ema = ModelEmaV3(model, decay=cfg.trainer.ema.decay, use_warmup=cfg.trainer.ema.warmup)
-    return TrainParts(
-        model=model,
-        train_model=compile_for_training(model, cfg.trainer.get("compile", False)),
-        optimizer=optimizer,
-        scheduler=build_scheduler(cfg.scheduler, optimizer, 1, 1000),
-        criterion=build_criterion(cfg.loss, None),
-        ctx=StepContext(
-            device=device,
-            precision=precision,
-            channels_last=bool(cfg.trainer.channels_last),
-            grad_clip_norm=cfg.trainer.grad_clip_norm,
-            log_every_n_steps=int(cfg.trainer.log_every_n_steps),
-        ),
-        scaler=torch.amp.GradScaler(device.type) if precision.use_scaler else None,
-        ema=ema,
-        mixup=build_mixup(cfg.augment, len(CLASSES)),
-    )
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    loaders: Loaders,
+    device: torch.device,
+    precision: Precision,
+) -> TimedTraining:
+    """What a training run trains ``model`` with, from the trainer itself
+    (:func:`~derm_exp.training.trainer.build_parts`: the loss with its class weights, mixup,
+    EMA, step context, scaler, ``trainer.compile``), and the optimizer and schedule of the
+    all-layers stage (:func:`~derm_exp.training.stages.make_optimizer`; at
+    ``trainer.finetune_lr`` after a frozen-backbone stage): the stage every run has, and the
+    costlier one per step."""
+    parts = build_parts(cfg, model, loaders.train_labels, device, precision)
+    start, end = stage_bounds(cfg, ALL_LAYERS)
+    optimizer, scheduler = make_optimizer(cfg, model, ALL_LAYERS, end - start, len(loaders.train))
+    return TimedTraining(parts, optimizer, scheduler, ALL_LAYERS)
+
+
+def train_section(
+    cfg: DictConfig, model: torch.nn.Module, device: torch.device, precision: Any, size: int
+) -> dict[str, Any]:
+    """Step breakdown on synthetic tensors, then the trainer's loop fed by synthetic tensors
+    (before and after, averaged) and by the real training loader for each worker count; the
+    training parts are the trainer's own (:func:`build_train_parts`)."""
+    b = cfg.benchmark
+    warmup, batches = int(b.warmup), int(b.batches)
+    frame = split_frame(cfg.data)
+    configured = int(cfg.data.num_workers)
+    counts = [configured] + [int(w) for w in b.get("real_loader_workers") or [] if w != configured]
+    loaders = {w: _loaders(cfg, frame, w, model.data_config, device) for w in counts}
+    timed = build_train_parts(cfg, model, loaders[configured], device, precision)
+    batch = synthetic_batch(int(cfg.data.batch_size), size)
+    step = step_breakdown(timed, batch, max(1, warmup), batches)
+    synthetic = [loop_throughput(timed, repeat_batch(batch), warmup, batches)]
+    real: dict[int, dict[str, Any]] = {}
+    for workers, split_loaders in loaders.items():
+        train_loader = split_loaders.train
+        real[workers] = loop_throughput(
+            timed,
+            lambda: train_loader,  # noqa: B023 (consumed right here)
+            warmup,
+            batches,
+        )
+    synthetic.append(loop_throughput(timed, repeat_batch(batch), warmup, batches))
+    cached = any(split.train.dataset.images is not None for split in loaders.values())
+    return {
+        "batch_size": int(cfg.data.batch_size),
+        "workers": configured,
+        "cached": cached,
+        "stage": "all layers" if timed.stage == ALL_LAYERS else "head only",
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "loss": _loss_summary(timed.parts.criterion),
+        "optimizer": {
+            "name": type(timed.optimizer).__name__,
+            "lr": timed.optimizer.defaults.get("lr"),
+            "foreach": timed.optimizer.defaults.get("foreach"),
+            "fused": timed.optimizer.defaults.get("fused"),
+        },
+        "step": step,
+        **_throughputs(synthetic, real, configured),
+    }
+
+
+def _loss_summary(criterion: torch.nn.Module) -> dict[str, Any]:
+    weight = getattr(criterion, "weight", None)
+    return {
+        "name": type(criterion).__name__,
+        "class_weights": None if weight is None else [float(w) for w in weight],
+    }
+
+
+def _loaders(
+    cfg: DictConfig, frame: Any, workers: int, data_config: dict, device: torch.device
+) -> Loaders:
+    """The training run's loaders with ``data.num_workers=workers``."""
+    data_cfg = cfg.data.copy()
+    data_cfg.num_workers = workers
+    return build_loaders(frame, data_cfg, cfg.augment, data_config, device)
+
+
+def _throughputs(
+    synthetic: list[dict[str, Any]], real: dict[int, dict[str, Any]], configured: int
+) -> dict[str, Any]:
+    """Loop throughput figures: synthetic (mean of the runs), real loader by worker count."""
+    synthetic_img_s = sum(r["img_s"] for r in synthetic) / len(synthetic)
+    return {
+        "synthetic_img_s": synthetic_img_s,
+        "synthetic_img_s_before_after": [r["img_s"] for r in synthetic],
+        "synthetic_cpu_ms_per_image": sum(r["cpu_ms_per_image"] for r in synthetic)
+        / len(synthetic),
+        "real_loader_img_s": real[configured]["img_s"],
+        "real_over_synthetic": real[configured]["img_s"] / synthetic_img_s,
+        "real_loader_img_s_by_workers": {str(w): r["img_s"] for w, r in real.items()},
+        "real_over_synthetic_by_workers": {
+            str(w): r["img_s"] / synthetic_img_s for w, r in real.items()
+        },
+        # CPU time of the main process per image; with 0 workers it includes all data loading.
+        "real_loader_cpu_ms_per_image_by_workers": {
+            str(w): r["cpu_ms_per_image"] for w, r in real.items()
+        },
+    }
 
 
 def synthetic_batch(batch_size: int, image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,11 +145,11 @@ def synthetic_batch(batch_size: int, image_size: int) -> tuple[torch.Tensor, tor
 
 
 def step_breakdown(
-    parts: TrainParts, batch: tuple[torch.Tensor, torch.Tensor], warmup: int, repeats: int
+    timed: TimedTraining, batch: tuple[torch.Tensor, torch.Tensor], warmup: int, repeats: int
 ) -> dict[str, Any]:
     """Median seconds of forward(+loss), backward, optimizer (clip + step) and EMA update,
     with a device sync after each phase; the first step (compilation, kernel selection) apart."""
-    p, ctx = parts, parts.ctx
+    p, ctx, optimizer = timed.parts, timed.parts.ctx, timed.optimizer
     device = ctx.device
     images = batch[0].to(device)
     if ctx.channels_last:
@@ -98,10 +165,10 @@ def step_breakdown(
             loss = p.criterion(p.train_model(images).float(), targets)
         sync(device)
         t1 = time.perf_counter()
-        p.optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=True)
         if p.scaler is not None:
             p.scaler.scale(loss).backward()
-            p.scaler.unscale_(p.optimizer)
+            p.scaler.unscale_(optimizer)
         else:
             loss.backward()
         sync(device)
@@ -109,10 +176,10 @@ def step_breakdown(
         if ctx.grad_clip_norm:
             torch.nn.utils.clip_grad_norm_(p.model.parameters(), ctx.grad_clip_norm)
         if p.scaler is not None:
-            p.scaler.step(p.optimizer)
+            p.scaler.step(optimizer)
             p.scaler.update()
         else:
-            p.optimizer.step()
+            optimizer.step()
         sync(device)
         t3 = time.perf_counter()
         if p.ema is not None:
@@ -167,7 +234,7 @@ class _CountedBatches:
 
 
 def loop_throughput(
-    parts: TrainParts, batches: Callable[[], Iterable], warmup: int, timed: int
+    training: TimedTraining, batches: Callable[[], Iterable], warmup: int, timed: int
 ) -> dict[str, Any]:
     """Images per second of the trainer's ``train_one_epoch`` over ``timed`` batches (after
     ``warmup``), data loading included: the time a real epoch takes per image.
@@ -175,14 +242,14 @@ def loop_throughput(
     ``cpu_ms_per_image``: CPU time of this process (all its threads; DataLoader workers not
     included) per image.
     """
-    p = parts
+    p = training.parts
     source = _CountedBatches(lambda: iter(batches()), warmup, timed, p.ctx.device)
     train_one_epoch(
         p.train_model,
         source,
         p.criterion,
-        p.optimizer,
-        p.scheduler,
+        training.optimizer,
+        training.scheduler,
         p.ctx,
         first_update=0,
         epoch=1,

@@ -18,19 +18,16 @@ A resumed run keeps the choices stored in its checkpoint.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from derm_exp.config import CONF_DIR, config_groups
+from derm_exp.config import derive_choices
+from derm_exp.config import option_contents as _options
 
 # Tag key of a group's choice where it differs from the group name.
 GROUP_TAGS = {"model/head": "head"}
-# Groups that are diffs over the others (``# @package _global_``): never derivable from a config.
-_GLOBAL_GROUPS = ("experiment", "hparams_search")
-_IDENTITY_KEYS = ("name", "mode", "_target_")
 # Tag -> (group, config key of the class) for the tags that used to hold class names.
 CLASS_TAGS = {"head": ("model/head", "_target_"), "loss": ("loss", "criterion._target_")}
 PARAM_PREFIX = "choice."
@@ -49,48 +46,6 @@ def hydra_choices() -> dict[str, str] | None:
         for k, v in choices.items()
         if v is not None and not str(k).startswith("hydra")
     }
-
-
-@functools.cache
-def _options(group: str) -> dict[str, dict[str, Any]]:
-    """Option name -> its file's content, for one config group under ``conf/``."""
-    return {
-        p.stem: OmegaConf.to_container(OmegaConf.load(p), resolve=False) or {}
-        for p in sorted((CONF_DIR / group).glob("*.yaml"))
-        if not p.stem.startswith("best_")
-    }
-
-
-def _identity(option: Mapping[str, Any]) -> tuple[str, Any] | None:
-    for key in _IDENTITY_KEYS:
-        if key in option:
-            return key, option[key]
-    return None
-
-
-def derive_choices(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
-    """The option of each group that ``cfg`` holds, found by its identifying key (groups with
-    a single option: that option); groups it cannot tell apart are left out."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    out = {}
-    for group in sorted(config_groups(CONF_DIR)):
-        if group in _GLOBAL_GROUPS:
-            continue
-        node = OmegaConf.select(cfg, group.replace("/", "."), default=None)
-        options = _options(group)
-        if not isinstance(node, DictConfig) or not options:
-            continue
-        found = []
-        for option, content in options.items():
-            ident = _identity(content)
-            if ident is None:
-                if len(options) == 1:
-                    found.append(option)
-            elif node.get(ident[0]) == ident[1]:
-                found.append(option)
-        if len(found) == 1:
-            out[group] = found[0]
-    return out
 
 
 def config_choices(cfg: DictConfig, checkpoint: Mapping[str, Any] | None = None) -> dict[str, str]:

@@ -179,3 +179,12 @@ def build_loaders(
         )
 
     return Loaders(train, ordered("val"), ordered("test"), train_labels, generator)
+
+
+def skipped_images(loaders: Loaders) -> list[str]:
+    """Unreadable images skipped so far under ``data.on_bad_image=skip`` (every split)."""
+    return [
+        str(p)
+        for dl in (loaders.train, loaders.val, loaders.test)
+        for p in getattr(dl.dataset, "bad_images", [])
+    ]

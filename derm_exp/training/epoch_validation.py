@@ -1,4 +1,8 @@
-"""Each epoch's validation: score the raw and the EMA weights, keep the better as the candidate."""
+"""Each epoch's validation: score the raw and the EMA weights, keep the better as the candidate.
+
+Logged per epoch: ``val/*`` of the selected weights, ``val/uses_ema`` (1 when EMA was selected)
+and, with EMA, ``val_raw/*`` and ``val_ema/*`` (:data:`WEIGHT_METRICS`) of both weights.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,9 @@ from derm_exp.evaluation.metrics import classification_metrics, scalar_metrics
 from derm_exp.training.data_setup import Loaders
 from derm_exp.training.loop import predict_logits
 from derm_exp.training.selection import Score, is_better, is_degenerate
+
+# Logged for the raw and the EMA weights apart (``val_raw/<name>``, ``val_ema/<name>``).
+WEIGHT_METRICS = ("balanced_accuracy", "loss")
 
 
 def validate_epoch(cfg, model, ema, loaders: Loaders, ctx, epoch: int) -> tuple[Score, dict]:
@@ -38,15 +45,10 @@ def validate_epoch(cfg, model, ema, loaders: Loaders, ctx, epoch: int) -> tuple[
         chosen_name = "ema"
     chosen, metrics = results[chosen_name]
     if len(results) > 1:
-        other = "ema" if chosen_name == "raw" else "raw"
-        metrics = {
-            **metrics,
-            **{
-                f"val_{other}/{k[4:]}": v
-                for k, v in results[other][1].items()
-                if k in ("val/balanced_accuracy", "val/loss")
-            },
-        }
-        metrics[f"val_{chosen_name}/balanced_accuracy"] = metrics["val/balanced_accuracy"]
+        # Both weights' figures every epoch, so every history list has one value per epoch.
+        metrics = dict(metrics)
+        for name, (_, own) in results.items():
+            for key in WEIGHT_METRICS:
+                metrics[f"val_{name}/{key}"] = own[f"val/{key}"]
         metrics["val/uses_ema"] = float(chosen_name == "ema")
     return chosen, metrics

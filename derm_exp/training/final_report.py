@@ -25,7 +25,7 @@ from derm_exp.evaluation.calibration import fit_temperature
 from derm_exp.evaluation.report import evaluate_predictions, log_evaluation
 from derm_exp.inference.tta import check_views, views_to_probabilities
 from derm_exp.models.checkpoint import load_checkpoint, save_checkpoint
-from derm_exp.training.data_setup import Loaders
+from derm_exp.training.data_setup import Loaders, skipped_images
 from derm_exp.training.diagnosis import FitDiagnosis, diagnose
 from derm_exp.training.loop import StepContext, predict_logits
 from derm_exp.training.selection import warn_if_degenerate
@@ -127,3 +127,18 @@ def final_report(
     trainer = cfg.trainer
     log_fit_diagnosis(diagnose(history, trainer.monitor, trainer.monitor_mode, degenerate))
     return result
+
+
+def report_skipped_images(loaders: Loaders) -> None:
+    """After training: warn about skipped images, tag the run with their count, log the list."""
+    bad = skipped_images(loaders)
+    mlflow.set_tag("derm_exp.skipped_images", len(bad))
+    if bad:
+        mlflow.log_text("\n".join(bad) + "\n", "data/skipped_images.txt")
+        shown = ", ".join(bad[:5]) + (f" (+{len(bad) - 5} more)" if len(bad) > 5 else "")
+        log.warning(
+            "%d unreadable image(s) were skipped (data.on_bad_image=skip): %s. Check the dataset "
+            "with `python -m derm_exp.prepare_data`, or set data.on_bad_image=error to stop.",
+            len(bad),
+            shown,
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from tqdm.auto import tqdm
 from derm_exp.errors import UserError
 from derm_exp.runtime import Precision
 from derm_exp.training.schedulers import BatchScheduler
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(UserError, RuntimeError):
@@ -48,6 +51,17 @@ def _to_device(x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
         fmt = torch.channels_last if ctx.channels_last else torch.contiguous_format
         x = x.contiguous(memory_format=fmt)
     return x
+
+
+def compile_for_training(model: torch.nn.Module, setting: bool | str) -> torch.nn.Module:
+    """``trainer.compile``: false | true | a torch.compile mode (default, reduce-overhead,
+    max-autotune). Only the training forward/backward is compiled; validation, EMA and
+    checkpoints keep using ``model`` itself, so state_dict keys never gain ``_orig_mod.``."""
+    if setting in (False, None, "false", "off"):
+        return model
+    mode = None if setting in (True, "true", "default") else str(setting)
+    log.info("torch.compile(mode=%s) for training; the first steps include compilation", mode)
+    return torch.compile(model, mode=mode)
 
 
 def train_one_epoch(

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
+
+from derm_exp.data.metadata import CLASSES
+from derm_exp.data.sampling import class_weights
 
 
 class FocalLoss(nn.Module):
@@ -67,3 +71,16 @@ class FocalLoss(nn.Module):
 def build_criterion(loss_cfg: DictConfig, class_weights: torch.Tensor | None = None) -> nn.Module:
     """Instantiate ``loss_cfg.criterion`` with ``weight=class_weights`` (None = unweighted)."""
     return instantiate(loss_cfg.criterion, weight=class_weights)
+
+
+def loss_class_weights(loss_cfg: DictConfig, train_labels: np.ndarray) -> torch.Tensor | None:
+    """``loss.class_weights=inverse_frequency``: per-class weights from the training split's
+    labels (``clamp((1/freq) ** power)``, mean 1); None for ``null``."""
+    if loss_cfg.class_weights == "inverse_frequency":
+        power, clamp = loss_cfg.class_weight_power, loss_cfg.class_weight_clamp
+        return class_weights(train_labels, len(CLASSES), power, clamp)
+    if loss_cfg.class_weights is not None:
+        raise ValueError(
+            f"loss.class_weights={loss_cfg.class_weights!r}: choose null or inverse_frequency"
+        )
+    return None

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from derm_exp.errors import UserError
-from derm_exp.models.checkpoint import load_checkpoint
+from derm_exp.models.checkpoint import LATEST_KEYS, load_checkpoint
 
 # What may change when continuing a run; anything else must match the checkpoint's config.
 RESUMABLE_KEYS = (
@@ -35,21 +35,6 @@ RESUMABLE_KEYS = (
     "tracking.uri",
     "tracking.artifact_root",
     "registry.allow_degenerate",
-)
-# What checkpoint_latest.pt holds beyond the weights; checkpoint_best.pt lacks most of it.
-_LATEST_KEYS = (
-    "config",
-    "run_id",
-    "data_fingerprint",
-    "model",
-    "optimizer",
-    "stage",
-    "epoch",
-    "best",
-    "stale_epochs",
-    "elapsed",
-    "history",
-    "rng",
 )
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -120,7 +105,7 @@ def load_for_resume(cfg: DictConfig, overrides: list[str]) -> Resumed:
     """Load the checkpoint named by ``cfg.resume`` and merge the allowed command-line changes."""
     path = locate_checkpoint(str(cfg.resume), cfg.tracking.uri)
     ck = load_checkpoint(path)
-    missing = [k for k in _LATEST_KEYS if k not in ck] if isinstance(ck, dict) else _LATEST_KEYS
+    missing = [k for k in LATEST_KEYS if k not in ck] if isinstance(ck, dict) else LATEST_KEYS
     if missing:
         raise ResumeError(
             f"{path} is not a derm_exp checkpoint_latest.pt (missing {', '.join(missing)}); "
@@ -147,6 +132,16 @@ def load_for_resume(cfg: DictConfig, overrides: list[str]) -> Resumed:
     config.resume = str(cfg.resume)
     best = path.parent / "checkpoint_best.pt"
     return Resumed(config, ck, ck["run_id"], best if best.is_file() else None, path)
+
+
+def check_same_data(resumed: Resumed, fingerprint: str) -> None:
+    """Refuse to continue on other data: the split assignment must hash the same."""
+    stored = resumed.checkpoint["data_fingerprint"]
+    if stored != fingerprint:
+        raise ResumeError(
+            f"the data or split settings changed since the run started (fingerprint {stored} -> "
+            f"{fingerprint}); resume needs the same data"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,10 @@
-"""Config checks that turn bad values into one clear message before any work starts."""
+"""Config checks that turn bad values into one clear message before any work starts.
+
+:func:`validate_config` is torch-free (``python -m derm_exp.train`` runs it before torch loads)
+and covers every setting a run reads, including those first used after the last epoch (TTA
+views and aggregation, bootstrap resamples, the registered model name).
+:func:`validate_model` checks what needs the built model.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from derm_exp.config import AMP_MODES
+from derm_exp.config import AMP_MODES, as_list
 from derm_exp.errors import ConfigError
+from derm_exp.inference.aggregation import VIEW_AGGREGATIONS
+from derm_exp.inference.view_names import SQUARE_ONLY_VIEWS, VIEW_NAMES
 
 __all__ = ["AMP_MODES", "ConfigError", "validate_config", "validate_model"]
 
@@ -33,6 +41,7 @@ _NUMBERS: tuple[tuple[str, bool, bool], ...] = (
     ("trainer.log_every_n_steps", True, False),
     ("trainer.grad_clip_norm", False, True),
     ("trainer.ema.decay", False, False),
+    ("evaluation.n_boot", True, False),
 )
 _CHOICES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("data.on_bad_image", ("skip", "error")),
@@ -40,6 +49,7 @@ _CHOICES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("loss.class_weights", (None, "inverse_frequency")),
     ("trainer.amp", AMP_MODES),
     ("trainer.monitor_mode", ("max", "min")),
+    ("tta.aggregation", VIEW_AGGREGATIONS),
 )
 
 
@@ -127,8 +137,26 @@ def validate_config(cfg: DictConfig) -> None:
         t.grad_clip_norm is None or t.grad_clip_norm > 0,
         f"trainer.grad_clip_norm={t.grad_clip_norm} must be > 0 or null",
     )
+    check(cfg.evaluation.n_boot >= 0, f"evaluation.n_boot={cfg.evaluation.n_boot} must be >= 0")
+    problems += _end_of_run_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+def _end_of_run_problems(cfg: DictConfig) -> list[str]:
+    """Settings first read after the last epoch: the test-time views, the registered name."""
+    problems = []
+    views = as_list(OmegaConf.select(cfg, "tta.views", default=None))
+    unknown = [str(v) for v in views if v not in VIEW_NAMES]
+    if not views or unknown:
+        what = f"unknown view(s) {', '.join(unknown)}" if unknown else "no view"
+        problems.append(f"tta.views: {what}; choose from {', '.join(VIEW_NAMES)}")
+    name = OmegaConf.select(cfg, "registry.name", default=None)
+    if OmegaConf.select(cfg, "registry.enabled", default=False) and (
+        not isinstance(name, str) or not name.strip() or any(c in name for c in "/:")
+    ):
+        problems.append(f"registry.name={name!r}: a non-empty name without '/' or ':'")
+    return problems
 
 
 def _feature_reduction(backbone: Any) -> int | None:
@@ -162,6 +190,12 @@ def validate_model(cfg: DictConfig, model: Any) -> None:
             f"data.image_size={cfg.data.image_size} is smaller than the total downsampling of "
             f"model.name={name} ({reduction} px): use data.image_size >= {reduction}, or null for "
             "the model's default size"
+        )
+    square_only = sorted(SQUARE_ONLY_VIEWS & set(as_list(cfg.tta.views)))
+    if square_only and height != width:
+        problems.append(
+            f"tta.views {', '.join(square_only)} need square images; the model's input is "
+            f"{height}x{width}: set data.image_size or drop those views (e.g. tta=light)"
         )
     builders = (
         lambda: build_eval_transform(data_config),

@@ -10,7 +10,8 @@ from omegaconf import DictConfig, open_dict
 
 from derm_exp.inference.loading import load_classifier
 from derm_exp.models.checkpoint import load_checkpoint
-from derm_exp.training.trainer import compile_for_training, fit
+from derm_exp.training.loop import compile_for_training
+from derm_exp.training.trainer import fit
 
 
 def test_compile_setting_off_returns_the_model_itself() -> None:

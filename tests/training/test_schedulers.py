@@ -11,7 +11,7 @@ from omegaconf import DictConfig, open_dict
 from torch import nn
 
 from derm_exp.training.schedulers import BatchScheduler, build_scheduler
-from derm_exp.training.trainer import _make_optimizer
+from derm_exp.training.stages import StageOptimizers
 from tests.conftest import compose_train
 
 BASE_LR = 1e-2
@@ -144,29 +144,22 @@ class _TwoPart(nn.Module):
 
 
 def _two_stage_lrs(cfg: DictConfig, resume_epoch: int | None) -> list[float]:
-    """Per-update LRs of a two-stage run, following ``_train_epochs``'s stage/resume rules.
+    """Per-update LRs of a two-stage run, with the trainer's own stage optimizers.
 
     With ``resume_epoch`` the run stops after that many epochs and continues with a rebuilt
-    optimizer and schedule, like ``train resume=<id>``.
+    optimizer and schedule from the saved state, like ``train resume=<id>``.
     """
-    freeze, max_epochs = cfg.trainer.freeze_backbone_epochs, cfg.trainer.max_epochs
     model = _TwoPart()
+    optimizers = StageOptimizers(cfg, model, STEPS)
     used: list[float] = []
     saved: dict | None = None
-    current = optimizer = scheduler = None
-    for epoch in range(max_epochs):
-        stage = 1 if epoch < freeze else 2
-        start, end = (0, freeze) if stage == 1 else (freeze, max_epochs)
-        resuming = epoch == resume_epoch
-        if stage != current or resuming:
-            optimizer, scheduler = _make_optimizer(cfg, model, stage, end - start, STEPS)
-            if resuming and saved is not None and saved["stage"] == stage:
-                optimizer.load_state_dict(saved["optimizer"])
-                scheduler.fast_forward((epoch - start) * STEPS)
-            current = stage
-        first = (epoch - start) * STEPS
-        used += _lrs(optimizer, scheduler, first, first + STEPS)
-        saved = {"stage": stage, "optimizer": optimizer.state_dict()}
+    for epoch in range(cfg.trainer.max_epochs):
+        if epoch == resume_epoch:
+            optimizers = StageOptimizers(cfg, model, STEPS, start_epoch=epoch, resume=saved)
+        step = optimizers.for_epoch(epoch)
+        first = step.first_update
+        used += _lrs(step.optimizer, step.scheduler, first, first + STEPS)
+        saved = {"stage": step.stage, "optimizer": step.optimizer.state_dict()}
     return used
 
 

@@ -101,3 +101,7 @@ def test_trainer_keeps_raw_weights_when_ema_stays_at_init(
     assert best["best"]["weights"] == "raw"
     history = latest["history"]
     assert history["val/uses_ema"] == [0.0] * len(history["epoch"])
+    # Both weights' figures every epoch: every history list has one value per epoch.
+    assert {len(v) for v in history.values()} == {len(history["epoch"])}
+    assert history["val_raw/loss"] == history["val/loss"]
+    assert len(history["val_ema/loss"]) == len(history["epoch"])

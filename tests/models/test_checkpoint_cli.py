@@ -1,0 +1,97 @@
+"""The checkpoint format on the command line: ``python -m derm_exp.train experiment=demo`` records
+the selected options in both checkpoints (and a history with one value per epoch in every list);
+an older file still predicts and resumes, a newer one is one ``error:`` line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from derm_exp.config import PROJECT_ROOT
+from derm_exp.models.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
+
+
+def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _as_version_1(ck: dict) -> dict:
+    """``ck`` as derm_exp wrote it before the format was checked: no format, kind or options."""
+    return {k: v for k, v in ck.items() if k not in ("format", "kind", "choices")}
+
+
+@pytest.mark.slow
+def test_demo_checkpoints_record_options_and_old_files_still_load(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = [f"tracking.uri={uri}", f"tracking.artifact_root={tmp_path / 'mlruns'}"]
+    out = tmp_path / "train"
+    trained = _cli(
+        "derm_exp.train",
+        "experiment=demo",
+        "model.head=acrnn",
+        "loss=focal",
+        "trainer.max_epochs=2",
+        "evaluation.n_boot=0",
+        "data.num_workers=0",
+        f"data.demo.dir={tmp_path / 'demo'}",
+        "data.demo.n_images=120",
+        *store,
+        f"hydra.run.dir={out}",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run_id = re.search(r"MLflow run id: ([0-9a-f]{32})", trained.stdout).group(1)
+    for kind in ("best", "latest"):
+        ck = load_checkpoint(out / f"checkpoint_{kind}.pt")
+        assert ck["format"] == FORMAT and ck["kind"] == kind and ck["run_id"] == run_id
+        # The options as typed, experiment included (Hydra's choices).
+        assert {g: ck["choices"].get(g) for g in ("experiment", "model", "model/head", "loss")} == {
+            "experiment": "demo",
+            "model": "tiny",
+            "model/head": "acrnn",
+            "loss": "focal",
+        }
+
+    # Both weights' validation figures every epoch: one value per epoch in every history list.
+    history = load_checkpoint(out / "checkpoint_latest.pt")["history"]
+    assert {len(v) for v in history.values()} == {2}
+    assert {"val_raw/loss", "val_ema/loss", "val_raw/balanced_accuracy"} <= set(history)
+
+    image = tmp_path / "lesion.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), np.uint8)).save(image)
+    old = tmp_path / "old" / "checkpoint_best.pt"
+    save_checkpoint(_as_version_1(load_checkpoint(out / "checkpoint_best.pt")), old)
+    proc = _cli("derm_exp.predict", f"model={old}", f"image={image}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "predicted" in proc.stdout.lower()
+
+    # An old latest checkpoint resumes: the run is finished, so it says so and does nothing.
+    old_latest = tmp_path / "old" / "checkpoint_latest.pt"
+    save_checkpoint(_as_version_1(load_checkpoint(out / "checkpoint_latest.pt")), old_latest)
+    proc = _cli("derm_exp.train", f"resume={old_latest}", *store, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Run {run_id} is already finished" in proc.stdout
+
+    newer = tmp_path / "newer" / "checkpoint_best.pt"
+    ck = load_checkpoint(out / "checkpoint_best.pt")
+    save_checkpoint({**ck, "format": f"derm_exp.checkpoint/{FORMAT_VERSION + 1}"}, newer)
+    proc = _cli("derm_exp.predict", f"model={newer}", f"image={image}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert f"written by a newer derm_exp (format {FORMAT_VERSION + 1}" in proc.stderr
+    assert "error: " in proc.stderr and "Traceback" not in proc.stderr
