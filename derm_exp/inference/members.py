@@ -96,7 +96,8 @@ def member_from_checkpoint(
 
 def member_from_version(version: Any, download_dir: str | os.PathLike | None = None) -> Member:
     """A member from a registered model version (its checkpoint read in place or downloaded)."""
-    from derm_exp.tracking.registry import VAL_PREFIX, checkpoint_of, model_dir
+    from derm_exp.tracking.model_lookup import checkpoint_of, model_dir
+    from derm_exp.tracking.registry_search import VAL_PREFIX
 
     dst = (
         None if download_dir is None else Path(download_dir) / f"{version.name}-v{version.version}"
@@ -123,7 +124,7 @@ def resolve_member(
     import mlflow
 
     from derm_exp.inference.sources import resolve_source
-    from derm_exp.tracking.registry import resolve_version
+    from derm_exp.tracking.model_lookup import resolve_version
 
     text = str(ref)
     if text.startswith("models:/"):
@@ -176,8 +177,8 @@ def select_members(
     ``search_model_versions`` syntax, e.g. ``tags.head = 'ACRNNHead'``); ``top_k`` then keeps
     the best by the validation metric ``rank_by``. Compatibility is checked.
     """
-    from derm_exp.tracking.registry import build_filter, search_versions
-    from derm_exp.tracking.registry import top_k as best_versions
+    from derm_exp.tracking.registry_search import build_filter, search_versions
+    from derm_exp.tracking.registry_search import top_k as best_versions
 
     if models:
         if group or filter or any(v is not None for v in (tags or {}).values()):

@@ -125,7 +125,7 @@ def _registered(
 ) -> PredictionModel:
     """An :class:`EnsemblePredictor` from a registered ensemble's own artifacts."""
     from derm_exp.inference.pyfunc_model import ensemble_spec, model_artifacts
-    from derm_exp.tracking.registry import model_dir
+    from derm_exp.tracking.model_lookup import model_dir
 
     artifacts = model_artifacts(model_dir(version))
     if "ensemble" not in artifacts:

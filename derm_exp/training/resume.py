@@ -208,7 +208,8 @@ def finish_if_done(cfg: DictConfig, resumed: Resumed) -> float | None:
     stopped = stop_reason(ck, cfg)
     if status != "FINISHED" or stopped is None:
         return None
-    from derm_exp.tracking.registry import SKIPPED_TAG, register_best_model, search_versions
+    from derm_exp.tracking.registry_search import search_versions
+    from derm_exp.training.registration import SKIPPED_TAG, register_best_model
 
     value = best_objective(ck["history"], int(ck["best"]["epoch"]), str(cfg.objective))
     registry = cfg.get("registry") or {}

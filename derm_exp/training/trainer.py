@@ -35,7 +35,6 @@ from derm_exp.tracking.mlflow_run import (
     setup_experiment,
     training_run_tags,
 )
-from derm_exp.tracking.registry import register_best_model
 from derm_exp.training import resume as resume_mod
 from derm_exp.training.data_setup import Loaders, build_loaders, data_fingerprint, split_frame
 from derm_exp.training.epoch_validation import validate_epoch
@@ -49,6 +48,7 @@ from derm_exp.training.loop import (
 )
 from derm_exp.training.losses import build_criterion
 from derm_exp.training.mixing import build_mixup
+from derm_exp.training.registration import register_best_model
 from derm_exp.training.rng import rng_state, set_rng_state
 from derm_exp.training.schedulers import BatchScheduler, build_scheduler
 from derm_exp.training.selection import Score, is_better
