@@ -125,7 +125,7 @@ def _split_frame(member: Member, split: str, tracking_uri: str) -> pd.DataFrame:
     """The member's saved split (a run artifact, or the ``splits/`` folder beside it)."""
     from derm_exp.data.splits import load_split_csv
     from derm_exp.errors import RegistryError
-    from derm_exp.inference.sources import run_artifact
+    from derm_exp.tracking.model_lookup import run_artifact
 
     if split not in ("test", "val"):
         raise RegistryError(f"split={split!r}: choose test or val")

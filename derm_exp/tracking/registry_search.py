@@ -19,6 +19,9 @@ and refuse incompatible members:
   ``val_macro_f1``, ``val_macro_auc``, ``val_nll``, ...). No test metric is stored here, so
   nothing can rank models on the test split.
 
+A registered ensemble (``derm_exp.ensemble register=true``) is tagged ``kind=ensemble``,
+``aggregation``, ``members``, ``classes``, ``data_fingerprint`` and the members' ``group``.
+
 Aliases: ``seed-<n>`` is the best version trained with seed ``n`` on its validation metric,
 ``latest-seed-<n>`` the newest (:mod:`derm_exp.training.seed_aliases`). MLflow reserves
 ``latest``; ``models:/derm-classifier/latest`` is the newest version.
@@ -39,6 +42,7 @@ from derm_exp.tracking.choices import other_spellings
 
 DEFAULT_MODEL_NAME = "derm-classifier"
 VAL_PREFIX = "val_"
+KIND_TAG, ENSEMBLE_KIND = "kind", "ensemble"  # the version tag of a registered ensemble
 
 
 def quote(value: Any) -> str:

@@ -39,7 +39,13 @@ from mlflow.tracking import MlflowClient
 from derm_exp.errors import RegistryError
 from derm_exp.models.checkpoint import load_checkpoint
 from derm_exp.tracking.mlflow_run import quiet_artifact_progress
-from derm_exp.tracking.registry_search import VAL_PREFIX, quote, search_versions
+from derm_exp.tracking.registry_search import (
+    ENSEMBLE_KIND,
+    KIND_TAG,
+    VAL_PREFIX,
+    quote,
+    search_versions,
+)
 from derm_exp.training.seed_aliases import update_seed_aliases
 
 if TYPE_CHECKING:
@@ -264,7 +270,7 @@ def register_ensemble(
         raise RuntimeError("register_ensemble logs into the active MLflow run; none is active")
     spec = {"names": [m.name for m in members], "aggregation": aggregation, "weights": weights}
     version_tags = {
-        "kind": "ensemble",
+        KIND_TAG: ENSEMBLE_KIND,
         "aggregation": aggregation,
         "members": ",".join(m.name for m in members),
         "classes": ",".join(members[0].classes),
