@@ -4,7 +4,7 @@ Research and education only: not a medical device. Examples::
 
     python -m derm_exp.ensemble group=2026-11-22/11-43-16          # all runs of one seed sweep
     python -m derm_exp.ensemble tags.backbone=tf_efficientnetv2_s top_k=3 aggregation=weighted_mean
-    python -m derm_exp.ensemble "filter=\"tags.head = 'ACRNNHead'\"" tta=medium
+    python -m derm_exp.ensemble "filter=\"tags.head = 'acrnn'\"" tta=medium
     python -m derm_exp.ensemble 'models=[models:/derm-classifier/3,models:/derm-classifier@seed-7]'
 
 Selects registered versions, refuses members with different classes or data splits, evaluates

@@ -182,7 +182,7 @@ def select_members(
     """Members from explicit ``models`` (URIs, run ids, checkpoints) or a registry query.
 
     The query is ``name`` AND ``group`` AND every ``tags`` item AND ``filter`` (MLflow
-    ``search_model_versions`` syntax, e.g. ``tags.head = 'ACRNNHead'``); ``top_k`` then keeps
+    ``search_model_versions`` syntax, e.g. ``tags.head = 'acrnn'``); ``top_k`` then keeps
     the best by the validation metric ``rank_by``. Compatibility is checked.
     """
     from derm_exp.tracking.registry_search import build_filter, search_versions
