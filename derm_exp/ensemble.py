@@ -4,7 +4,7 @@ Research and education only: not a medical device. Examples::
 
     python -m derm_exp.ensemble group=2026-11-22/11-43-16          # all runs of one seed sweep
     python -m derm_exp.ensemble tags.backbone=tf_efficientnetv2_s top_k=3 aggregation=weighted_mean
-    python -m derm_exp.ensemble "filter=\"tags.head = 'ACRNNHead'\"" tta=medium
+    python -m derm_exp.ensemble "filter=\"tags.head = 'acrnn'\"" tta=medium
     python -m derm_exp.ensemble 'models=[models:/derm-classifier/3,models:/derm-classifier@seed-7]'
 
 Selects registered versions, refuses members with different classes or data splits, evaluates
@@ -125,7 +125,7 @@ def _split_frame(member: Member, split: str, tracking_uri: str) -> pd.DataFrame:
     """The member's saved split (a run artifact, or the ``splits/`` folder beside it)."""
     from derm_exp.data.splits import load_split_csv
     from derm_exp.errors import RegistryError
-    from derm_exp.inference.sources import run_artifact
+    from derm_exp.tracking.model_lookup import run_artifact
 
     if split not in ("test", "val"):
         raise RegistryError(f"split={split!r}: choose test or val")
@@ -185,42 +185,19 @@ def _score(
 
 
 def _register_ensemble(cfg: DictConfig, members: list[Member], scores: EnsembleScores) -> Any:
-    """Log the ensemble as one pyfunc model in the active run and register it."""
-    import json
-    import tempfile
+    """Register the ensemble (logged in the active run) as ``cfg.ensemble_name``."""
+    from derm_exp.training.registration import register_ensemble
 
-    import mlflow
-
-    from derm_exp.errors import RegistryError
-    from derm_exp.inference.pyfunc_model import DermEnsembleModel, log_pyfunc_model
-
-    spec = {
-        "names": [m.name for m in members],
-        "aggregation": str(cfg.aggregation),
-        "weights": [float(w) for w in scores.out.weights]
-        if cfg.aggregation == "weighted_mean"
-        else None,
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path = Path(tmp) / "ensemble.json"
-        spec_path.write_text(json.dumps(spec, indent=2))
-        artifacts = {"ensemble": str(spec_path)}
-        artifacts.update({f"member_{i}": str(m.checkpoint) for i, m in enumerate(members)})
-        info = log_pyfunc_model(DermEnsembleModel, artifacts, "ensemble_model")
-    tags = {
-        "kind": "ensemble",
-        "aggregation": str(cfg.aggregation),
-        "members": ",".join(m.name for m in members),
-        "classes": ",".join(members[0].classes),
-        "data_fingerprint": members[0].data_fingerprint or "",
-        f"{scores.split}_balanced_accuracy": repr(float(scores.result["balanced_accuracy"])),
-    }
-    if members[0].tags.get("group"):
-        tags["group"] = members[0].tags["group"]
-    try:
-        return mlflow.register_model(info.model_uri, str(cfg.ensemble_name), tags=tags)
-    except mlflow.exceptions.MlflowException as exc:
-        raise RegistryError(f"registering the ensemble failed: {exc.message}") from exc
+    aggregation = str(cfg.aggregation)
+    weights = [float(w) for w in scores.out.weights] if aggregation == "weighted_mean" else None
+    metric = f"{scores.split}_balanced_accuracy"
+    return register_ensemble(
+        str(cfg.ensemble_name),
+        members,
+        aggregation,
+        weights,
+        {metric: repr(float(scores.result["balanced_accuracy"]))},
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="ensemble")

@@ -37,12 +37,12 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from derm_exp.config import run_hydra_main
+from derm_exp.evaluate_report import DISCLAIMER, Predictions
 
 log = logging.getLogger("derm_exp.evaluate")
-DISCLAIMER = "Research and education only; not a medical device. Do not use for diagnosis."
 
 
 def check_inputs(cfg: DictConfig) -> None:
@@ -181,69 +181,16 @@ def resolve_temperature(cfg: DictConfig, source: Any, loaded: Any, ctx: Any) -> 
 
 def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Evaluate ``cfg.model_ref`` as configured; write and log the report; return it."""
-    from derm_exp.inference.sources import resolve_source
+    from derm_exp.evaluate_report import report, write_predictions
 
-    check_inputs(cfg)
-    if cfg.tracking.enabled:  # fail fast, before the work, when the server is down
-        from derm_exp.tracking.mlflow_run import check_reachable
-
-        check_reachable(cfg.tracking.uri)
-    output_dir = Path(output_dir)
-    source = resolve_source(str(cfg.model_ref), cfg.tracking.uri)
-
-    import numpy as np
-    import pandas as pd
-    import torch
-
-    from derm_exp.evaluation.report import evaluate_predictions, lesion_level
-    from derm_exp.inference.loading import load_classifier
-    from derm_exp.inference.tta import preset_from_config, views_to_probabilities
-    from derm_exp.runtime import Precision, resolve_device
-    from derm_exp.training.loop import StepContext, predict_logits
-    from derm_exp.training.validate import ConfigError
-
-    device = resolve_device(cfg.device)
-    loaded = load_classifier(source.checkpoint, device)
-    loaded.model.to(memory_format=torch.channels_last)
-    # fp32 on every device, exactly like the predictor: the same image gives the same numbers.
-    ctx = StepContext(device=device, precision=Precision(None, False), channels_last=True)
-    try:
-        preset = preset_from_config(cfg.tta)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    source = resolve_model(cfg)
+    loaded, ctx = load_model(cfg, source)
+    preset = tta_preset(cfg)
     frame, data_desc = evaluation_frame(cfg, source)
     labels = class_indices(frame, loaded.classes)
     temperature, t_source = resolve_temperature(cfg, source, loaded, ctx)
-
-    logits, y = predict_logits(
-        loaded.model,
-        _loader(frame, labels, loaded, cfg),
-        ctx,
-        views=list(preset.views),
-        desc="evaluate",
-    )
-    probs = views_to_probabilities(logits, 1.0, preset.aggregation)
-    calibrated = views_to_probabilities(logits, temperature, preset.aggregation)
-    ids = frame["image_id"].astype(str).to_numpy()
-    groups = frame["lesion_id"].astype(str).to_numpy() if "lesion_id" in frame else None
-    if cfg.lesion_level:
-        if groups is None:
-            raise ConfigError("lesion_level=true needs a lesion_id column in the data")
-        y, ids, (probs, calibrated) = lesion_level(y, groups, probs, calibrated)
-        groups = None  # one sample per lesion: the bootstrap resamples lesions
-    result = evaluate_predictions(
-        y,
-        probs,
-        loaded.classes,
-        groups,
-        int(cfg.bootstrap.n_boot),
-        int(cfg.bootstrap.seed),
-        alpha=float(cfg.bootstrap.alpha),
-        calibrated_probs=calibrated,
-        n_bins=int(cfg.n_bins),
-    )
-    if groups is None and cfg.lesion_level and "bootstrap" in result:
-        result["bootstrap"]["resampled"] = "lesions"
+    predictions = predict(cfg, frame, labels, loaded, ctx, preset, temperature)
+    result = score(cfg, predictions, loaded.classes)
     result.update(
         {
             "level": "lesion" if cfg.lesion_level else "image",
@@ -253,143 +200,117 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
                 "views": list(preset.views),
                 "aggregation": preset.aggregation,
             },
-            "model": {
-                "ref": str(cfg.model_ref),
-                "kind": source.kind,
-                "run_id": source.run_id,
-                "model_version": source.model_version,
-                "checkpoint": str(source.checkpoint),
-                "backbone": loaded.config.get("model", {}).get("name"),
-            },
+            "model": describe_model(cfg, source, loaded),
             "data": data_desc,
             "disclaimer": DISCLAIMER,
         }
     )
+    output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    key = "lesion_id" if cfg.lesion_level else "image_id"
-    table = pd.DataFrame({key: ids})
-    if not cfg.lesion_level and groups is not None:
-        table["lesion_id"] = groups
-    table["label"] = [loaded.classes[i] for i in y]
-    table["predicted"] = [loaded.classes[i] for i in np.argmax(probs, 1)]
-    for i, c in enumerate(loaded.classes):
-        table[f"prob_{c}"] = probs[:, i]
-    for i, c in enumerate(loaded.classes):
-        table[f"prob_calibrated_{c}"] = calibrated[:, i]
-    table.to_csv(output_dir / "predictions.csv", index=False)
-    _report(cfg, result, probs, calibrated, y, loaded.classes, source, output_dir)
+    write_predictions(output_dir / "predictions.csv", predictions, loaded.classes, cfg.lesion_level)
+    report(cfg, result, predictions, loaded.classes, source, output_dir)
     return result
 
 
-def _report(cfg, result, probs, calibrated, y, classes, source, output_dir: Path) -> None:
-    """Write/log the report and print a summary."""
-    from derm_exp.evaluation.report import log_evaluation
+def resolve_model(cfg: DictConfig) -> Any:
+    """The checked inputs' model source (:func:`derm_exp.inference.sources.resolve_source`)."""
+    from derm_exp.inference.sources import resolve_source
 
-    prefix = "eval_lesion/" if cfg.lesion_level else "eval/"
-    extra = {f"{prefix}temperature": result["temperature"]["value"]}
-    kwargs = dict(
-        calibrated_probs=calibrated,
-        output_dir=output_dir,
-        extra_metrics=extra,
-        title=f"Evaluation ({result['data']})",
+    check_inputs(cfg)
+    if cfg.tracking.enabled:  # fail fast, before the work, when the server is down
+        from derm_exp.tracking.mlflow_run import check_reachable
+
+        check_reachable(cfg.tracking.uri)
+    return resolve_source(str(cfg.model_ref), cfg.tracking.uri)
+
+
+def load_model(cfg: DictConfig, source: Any) -> tuple[Any, Any]:
+    """The network on ``cfg.device`` and how to run it: fp32 on every device, exactly like the
+    predictor, so the same image gives the same numbers."""
+    import torch
+
+    from derm_exp.inference.loading import load_classifier
+    from derm_exp.runtime import Precision, resolve_device
+    from derm_exp.training.loop import StepContext
+
+    device = resolve_device(cfg.device)
+    loaded = load_classifier(source.checkpoint, device)
+    loaded.model.to(memory_format=torch.channels_last)
+    ctx = StepContext(device=device, precision=Precision(None, False), channels_last=True)
+    return loaded, ctx
+
+
+def tta_preset(cfg: DictConfig) -> Any:
+    """The TTA views and their aggregation (``cfg.tta``)."""
+    from derm_exp.inference.tta import preset_from_config
+    from derm_exp.training.validate import ConfigError
+
+    try:
+        return preset_from_config(cfg.tta)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def predict(
+    cfg: DictConfig,
+    frame: Any,
+    labels: Any,
+    loaded: Any,
+    ctx: Any,
+    preset: Any,
+    temperature: float,
+) -> Predictions:
+    """Probabilities for every image of ``frame`` (TTA views aggregated), before and after
+    ``temperature``; per lesion with ``lesion_level=true``."""
+    from derm_exp.evaluation.report import lesion_level
+    from derm_exp.inference.tta import views_to_probabilities
+    from derm_exp.training.loop import predict_logits
+    from derm_exp.training.validate import ConfigError
+
+    loader = _loader(frame, labels, loaded, cfg)
+    logits, y = predict_logits(loaded.model, loader, ctx, views=list(preset.views), desc="evaluate")
+    probs = views_to_probabilities(logits, 1.0, preset.aggregation)
+    calibrated = views_to_probabilities(logits, temperature, preset.aggregation)
+    ids = frame["image_id"].astype(str).to_numpy()
+    groups = frame["lesion_id"].astype(str).to_numpy() if "lesion_id" in frame else None
+    if cfg.lesion_level:
+        if groups is None:
+            raise ConfigError("lesion_level=true needs a lesion_id column in the data")
+        y, ids, (probs, calibrated) = lesion_level(y, groups, probs, calibrated)
+        groups = None  # one sample per lesion: the bootstrap resamples lesions
+    return Predictions(y, probs, calibrated, ids, groups)
+
+
+def score(cfg: DictConfig, p: Predictions, classes: list[str]) -> dict[str, Any]:
+    """Metrics before and after calibration, bootstrap CIs resampling lesions."""
+    from derm_exp.evaluation.report import evaluate_predictions
+
+    result = evaluate_predictions(
+        p.y,
+        p.probs,
+        classes,
+        p.groups,
+        int(cfg.bootstrap.n_boot),
+        int(cfg.bootstrap.seed),
+        alpha=float(cfg.bootstrap.alpha),
+        calibrated_probs=p.calibrated,
+        n_bins=int(cfg.n_bins),
     )
-    run_id = None
-    if cfg.tracking.enabled:
-        run_id = _log_to_mlflow(
-            cfg,
-            result,
-            source,
-            output_dir,
-            lambda: log_evaluation(result, probs, y, classes, prefix, **kwargs),
-        )
-    else:
-        log_evaluation(result, probs, y, classes, prefix, **kwargs)
-    ci = result.get("bootstrap", {}).get("intervals", {})
-
-    def with_ci(name: str) -> str:
-        value = result[name]
-        if value is None:
-            return "n/a"
-        c = ci.get(name, {})
-        band = f" [{c['low']:.3f}, {c['high']:.3f}]" if c.get("low") is not None else ""
-        return f"{value:.4f}{band}"
-
-    cal = result["calibrated"]
-    print(
-        f"\nEvaluated {result['n_samples']} {result['level']}s ({result['data']}), "
-        f"TTA {result['tta']['mode']}"
-    )
-    print(f"  balanced accuracy {with_ci('balanced_accuracy')}   accuracy {with_ci('accuracy')}")
-    print(f"  macro-F1 {with_ci('macro_f1')}   macro AUC {with_ci('macro_auc')}")
-    print(
-        f"  ECE {result['ece']:.4f} -> {cal['ece']:.4f}   NLL {result['nll']:.4f} -> "
-        f"{cal['nll']:.4f}  (temperature {result['temperature']['value']:.3f})"
-    )
-    if result["absent_classes"]:
-        print(f"  absent classes: {', '.join(result['absent_classes'])}")
-    print(f"  report: {output_dir / 'evaluation_metrics.json'}")
-    if run_id:
-        print(f"  MLflow evaluation run: {run_id}")
-    print(f"  {DISCLAIMER}")
+    if p.groups is None and cfg.lesion_level and "bootstrap" in result:
+        result["bootstrap"]["resampled"] = "lesions"
+    return result
 
 
-def _log_to_mlflow(
-    cfg: DictConfig, result: dict, source: Any, output_dir: Path, log_report: Any
-) -> str:
-    """Open the evaluation run (see the module docstring), log params/tags, then the report."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    from derm_exp.tracking.mlflow_run import mask_credentials, setup_experiment
-
-    mlflow.set_tracking_uri(cfg.tracking.uri)
-    client = MlflowClient()
-    source_run = None
-    if source.run_id:
-        try:
-            source_run = client.get_run(source.run_id)
-        except mlflow.exceptions.MlflowException:
-            log.info("checkpoint run %s is not in this tracking store", source.run_id)
-    if source_run is not None:
-        experiment_id = source_run.info.experiment_id
-        name = source_run.info.run_name or source.run_id[:8]
-    else:
-        experiment_id = setup_experiment(
-            cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_root
-        )
-        name = Path(source.checkpoint).parent.name
-    tags = {
-        "derm_exp.kind": "evaluation",
-        "derm_exp.source_kind": source.kind,
-        "derm_exp.source_ref": mask_credentials(str(cfg.model_ref)),
-        "derm_exp.eval_data": result["data"],
-        "derm_exp.eval_level": result["level"],
-        "backbone": str(result["model"]["backbone"]),
-        "mlflow.note.content": DISCLAIMER,
-        **OmegaConf.to_container(cfg.tracking.tags, resolve=True),
+def describe_model(cfg: DictConfig, source: Any, loaded: Any) -> dict[str, Any]:
+    """The report's ``model`` entry: the reference and what it resolved to."""
+    return {
+        "ref": str(cfg.model_ref),
+        "kind": source.kind,
+        "run_id": source.run_id,
+        "model_version": source.model_version,
+        "checkpoint": str(source.checkpoint),
+        "backbone": loaded.config.get("model", {}).get("name"),
     }
-    if source_run is not None:
-        tags["derm_exp.source_run"] = source.run_id
-    if source.model_version:
-        tags["derm_exp.model_version"] = source.model_version
-    params = {
-        "model_ref": mask_credentials(str(cfg.model_ref)),
-        "data": result["data"],
-        "lesion_level": bool(cfg.lesion_level),
-        "tta.mode": result["tta"]["mode"],
-        "tta.views": ",".join(result["tta"]["views"]),
-        "tta.aggregation": result["tta"]["aggregation"],
-        "temperature.mode": str(cfg.temperature),
-        "temperature.source": result["temperature"]["source"],
-        "bootstrap.n_boot": int(cfg.bootstrap.n_boot),
-        "n_samples": result["n_samples"],
-    }
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval-{name}") as run:
-        mlflow.set_tags(tags)
-        mlflow.log_params(params)
-        log_report()
-        mlflow.log_artifact(str(output_dir / "predictions.csv"))
-        return run.info.run_id
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

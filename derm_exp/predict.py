@@ -157,9 +157,9 @@ def _ensemble_lines(r: dict[str, Any]) -> list[str]:
 def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
     """Run the prediction app; return one :class:`FilePrediction` per image file."""
     from derm_exp.errors import ModelSourceError, PredictionInputError
-    from derm_exp.inference.sources import NO_MODEL, model_refs
+    from derm_exp.tracking.model_refs import NO_MODEL, ref_list
 
-    refs = model_refs(cfg.model_ref)
+    refs = ref_list(cfg.model_ref)
     if not refs and cfg.group is None:
         raise ModelSourceError(NO_MODEL)
     if cfg.image is None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from derm_exp.errors import RegistryError
 from derm_exp.models.checkpoint import checkpoint_metadata, load_checkpoint
+from derm_exp.tracking.model_refs import ModelRef
 
 DEFAULT_RANK_BY = "val_balanced_accuracy"
 
@@ -79,15 +80,24 @@ def member_from_checkpoint(
     )
 
 
-def member_from_version(version: Any, download_dir: str | os.PathLike | None = None) -> Member:
-    """A member from a registered model version (its checkpoint read in place or downloaded)."""
-    from derm_exp.tracking.registry import VAL_PREFIX, checkpoint_of, model_dir
+def member_from_version(
+    version: Any,
+    download_dir: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+) -> Member:
+    """A member from a registered model version: its own checkpoint (given, or read in place /
+    downloaded under ``download_dir``), tags and validation metrics."""
+    from derm_exp.tracking.model_lookup import registered_checkpoint
+    from derm_exp.tracking.registry_search import VAL_PREFIX
 
-    dst = (
-        None if download_dir is None else Path(download_dir) / f"{version.name}-v{version.version}"
-    )
-    path = checkpoint_of(model_dir(version, dst))
-    member = member_from_checkpoint(path, f"{version.name}/{version.version}", version.run_id)
+    if checkpoint is None:
+        dst = (
+            None
+            if download_dir is None
+            else Path(download_dir) / f"{version.name}-v{version.version}"
+        )
+        checkpoint = registered_checkpoint(version, dst)
+    member = member_from_checkpoint(checkpoint, f"{version.name}/{version.version}", version.run_id)
     member.model_name, member.model_version = version.name, str(version.version)
     member.tags = dict(version.tags)
     member.val_metrics.update(
@@ -97,24 +107,23 @@ def member_from_version(version: Any, download_dir: str | os.PathLike | None = N
 
 
 def resolve_member(
-    ref: str | os.PathLike,
+    ref: str | os.PathLike | ModelRef,
     download_dir: str | os.PathLike | None = None,
     tracking_uri: str | None = None,
 ) -> Member:
-    """A member from a ``models:/`` URI, an MLflow run id or a checkpoint path/folder.
+    """A member from a ``models:/`` URI, an MLflow run id or a checkpoint path/folder: the same
+    checkpoint as :func:`derm_exp.inference.sources.resolve_source` loads.
 
     Registry and runs are looked up in ``tracking_uri`` (default: MLflow's current tracking URI).
     """
     import mlflow
 
     from derm_exp.inference.sources import resolve_source
-    from derm_exp.tracking.registry import resolve_version
 
-    text = str(ref)
-    if text.startswith("models:/"):
-        return member_from_version(resolve_version(text), download_dir)
-    source = resolve_source(text, tracking_uri or mlflow.get_tracking_uri())
-    return member_from_checkpoint(source.checkpoint, text, source.run_id)
+    source = resolve_source(ref, tracking_uri or mlflow.get_tracking_uri(), download_dir)
+    if source.version is not None:
+        return member_from_version(source.version, checkpoint=source.checkpoint)
+    return member_from_checkpoint(source.checkpoint, source.ref, source.run_id)
 
 
 def check_compatible(members: Sequence[Member]) -> None:
@@ -147,7 +156,7 @@ def check_compatible(members: Sequence[Member]) -> None:
 def select_members(
     name: str = "derm-classifier",
     *,
-    models: Sequence[str] | None = None,
+    models: Sequence[str | ModelRef] | None = None,
     group: str | None = None,
     tags: Mapping[str, Any] | None = None,
     filter: str | None = None,
@@ -158,11 +167,11 @@ def select_members(
     """Members from explicit ``models`` (URIs, run ids, checkpoints) or a registry query.
 
     The query is ``name`` AND ``group`` AND every ``tags`` item AND ``filter`` (MLflow
-    ``search_model_versions`` syntax, e.g. ``tags.head = 'ACRNNHead'``); ``top_k`` then keeps
+    ``search_model_versions`` syntax, e.g. ``tags.head = 'acrnn'``); ``top_k`` then keeps
     the best by the validation metric ``rank_by``. Compatibility is checked.
     """
-    from derm_exp.tracking.registry import build_filter, search_versions
-    from derm_exp.tracking.registry import top_k as best_versions
+    from derm_exp.tracking.registry_search import build_filter, search_versions
+    from derm_exp.tracking.registry_search import top_k as best_versions
 
     if models:
         if group or filter or any(v is not None for v in (tags or {}).values()):

@@ -12,7 +12,9 @@ Research and education only: not a medical device; never use it for diagnosis.
 * ``model=models:/derm-ensemble/N``: an ensemble registered by ``derm_exp.ensemble
   register=true`` (its members' checkpoints are the model's artifacts).
 
-Every ensemble is an :class:`~derm_exp.inference.ensemble.EnsemblePredictor`.
+Every ensemble is an :class:`~derm_exp.inference.ensemble.EnsemblePredictor`. References are
+parsed once (:func:`derm_exp.tracking.model_refs.parse_selection`) and load the files
+:mod:`derm_exp.inference.sources` names.
 """
 
 from __future__ import annotations
@@ -26,12 +28,8 @@ from derm_exp.inference.aggregation import DEFAULT_TAU
 from derm_exp.inference.ensemble import EnsemblePredictor
 from derm_exp.inference.members import DEFAULT_RANK_BY, member_from_checkpoint, select_members
 from derm_exp.inference.predictor import SkinLesionPredictor
-from derm_exp.inference.sources import (
-    NO_MODEL,
-    default_tracking_uri,
-    is_registered_ensemble,
-    registry_version,
-)
+from derm_exp.inference.sources import default_tracking_uri
+from derm_exp.tracking.model_refs import ModelRef, parse_selection
 
 
 @dataclass
@@ -66,23 +64,20 @@ def load_prediction_model(
     mean, or a registered ensemble's own aggregation (and weights).
     """
     tracking_uri = tracking_uri or default_tracking_uri()
-    refs = list(refs)
-    if group is not None and refs:
-        raise ModelSourceError("give either model=... or group=<sweep id>, not both")
-    if group is None and not refs:
-        raise ModelSourceError(NO_MODEL)
+    parsed = parse_selection(list(refs), group)
     options = {"device": device, "calibrate": calibrate, "amp": amp, "compile": compile}
-    if group is None and len(refs) == 1:
-        registered = _registered_ensemble(refs[0], tracking_uri)
+    if group is None and len(parsed) == 1:
+        registered = _registered_ensemble(parsed[0], tracking_uri)
         if registered is not None:
             _use_tracking_uri(tracking_uri)
-            return _registered(refs[0], registered, aggregation, rank_by, tau, options)
+            return _registered(parsed[0].text, registered, aggregation, rank_by, tau, options)
         if aggregation is not None:
             raise PredictionInputError(
                 f"aggregation={aggregation} combines the members of an ensemble, and "
-                f"model={refs[0]} is one model (views of tta=... combine with tta.aggregation=...)"
+                f"model={parsed[0].text} is one model (views of tta=... combine with "
+                "tta.aggregation=...)"
             )
-        predictor = SkinLesionPredictor.from_ref(refs[0], tracking_uri, **options)
+        predictor = SkinLesionPredictor.from_ref(parsed[0].text, tracking_uri, **options)
         return PredictionModel(predictor, describe_predictor(predictor))
 
     _use_tracking_uri(tracking_uri)
@@ -90,13 +85,13 @@ def load_prediction_model(
         members = select_members(registry_name, group=str(group), rank_by=rank_by)
         where = f"group {group}: "
     else:
-        for ref in refs:
+        for ref in parsed:
             if _registered_ensemble(ref, tracking_uri) is not None:
                 raise ModelSourceError(
-                    f"model=[...]: {ref} is itself an ensemble; give it alone (model={ref}) or "
-                    "list its members"
+                    f"model=[...]: {ref.text} is itself an ensemble; give it alone "
+                    f"(model={ref.text}) or list its members"
                 )
-        members = select_members(registry_name, models=refs, rank_by=rank_by)
+        members = select_members(registry_name, models=parsed, rank_by=rank_by)
         where = ""
     ensemble = EnsemblePredictor.from_members(
         members, aggregation or "mean", rank_by, tau, **options
@@ -107,11 +102,13 @@ def load_prediction_model(
     )
 
 
-def _registered_ensemble(ref: str, tracking_uri: str) -> Any | None:
+def _registered_ensemble(ref: ModelRef, tracking_uri: str) -> Any | None:
     """The model version when ``ref`` is a ``models:/`` URI of a registered ensemble."""
-    if not ref.startswith("models:/"):
+    if ref.kind != "registry":
         return None
-    version = registry_version(ref, tracking_uri)
+    from derm_exp.tracking.model_lookup import is_registered_ensemble, resolve_version
+
+    version = resolve_version(ref, tracking_uri)
     return version if is_registered_ensemble(version) else None
 
 
@@ -125,7 +122,7 @@ def _registered(
 ) -> PredictionModel:
     """An :class:`EnsemblePredictor` from a registered ensemble's own artifacts."""
     from derm_exp.inference.pyfunc_model import ensemble_spec, model_artifacts
-    from derm_exp.tracking.registry import model_dir
+    from derm_exp.tracking.model_lookup import model_dir
 
     artifacts = model_artifacts(model_dir(version))
     if "ensemble" not in artifacts:

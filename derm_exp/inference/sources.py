@@ -1,43 +1,30 @@
-"""Where a trained model comes from: a checkpoint path, an MLflow run id or a ``models:/`` URI.
+"""What to load for a model reference: a checkpoint path, an MLflow run id or a ``models:/`` URI.
 
-Every reference resolves to a derm_exp ``checkpoint_best.pt`` (and, when known, the training run
-it belongs to). The model, its preprocessing and its classes are then read from that checkpoint,
-never from the repository's current config files. Registered models are resolved through their
-model version's source run: ``models:/NAME@alias`` or ``models:/NAME/<version|latest>`` ->
-``run_id`` -> that run's ``checkpoints/checkpoint_best.pt`` artifact.
+Every reference (parsed by :mod:`derm_exp.tracking.model_refs`) resolves to one derm_exp
+``checkpoint_best.pt`` and, when known, the training run it belongs to; the model, its
+preprocessing and its classes are then read from that checkpoint, never from the repository's
+current config files. The same reference gives the same file in every tool (predict, evaluate,
+ensembles, the Python loaders):
+
+* a path: that file (or the ``checkpoint_best.pt`` of that output folder);
+* a run id: the run's ``checkpoints/checkpoint_best.pt`` artifact;
+* ``models:/NAME@alias`` or ``models:/NAME/<version|latest>``: the registered version's own
+  checkpoint (the pyfunc model's artifact, which is what the registry promises; the source
+  run's checkpoint may have moved on since), with the version's source run for its splits.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import tempfile
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from derm_exp.errors import ModelSourceError
+from derm_exp.tracking.model_refs import BEST_CHECKPOINT, ModelRef, parse_ref
 
-RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-BEST_CHECKPOINT = "checkpoints/checkpoint_best.pt"
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^@/]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?$")
-
-
-NO_MODEL = (
-    "no model given: pass model=<checkpoint, run id or models:/ URI>, model=[ref1,ref2,...] "
-    "(an ensemble) or group=<sweep id>"
-)
-
-
-def model_refs(value: object) -> list[str]:
-    """A ``model=`` value as a list: nothing -> [], one reference -> [it], a list -> its items."""
-    if value is None:
-        return []
-    if isinstance(value, Sequence) and not isinstance(value, str):  # also omegaconf's ListConfig
-        return [str(v).strip() for v in value if str(v).strip()]
-    return [str(value).strip()] if str(value).strip() else []
+RUN_CHECKPOINT = f"checkpoints/{BEST_CHECKPOINT}"
 
 
 @dataclass(frozen=True)
@@ -46,7 +33,8 @@ class ModelSource:
 
     ``kind`` is ``checkpoint``, ``run`` or ``registry``; ``run_id`` is the training run when known
     (for a local checkpoint: the run id it stores, which may not exist in the tracking store);
-    ``split_dir`` is the ``splits/`` folder beside a local checkpoint (runs use their artifacts).
+    ``split_dir`` is the ``splits/`` folder beside a local checkpoint (runs use their artifacts);
+    ``version`` is the registered model version (``registry`` only).
     """
 
     ref: str
@@ -56,12 +44,15 @@ class ModelSource:
     tracking_uri: str
     split_dir: Path | None = None
     model_version: str | None = None
+    version: Any = None  # mlflow ModelVersion
 
     def split_csv(self, split: str) -> Path:
         """The run's saved ``<split>.csv``: the run's artifact, or the copy beside a checkpoint."""
         if self.split_dir is not None and (self.split_dir / f"{split}.csv").is_file():
             return self.split_dir / f"{split}.csv"
         if self.kind != "checkpoint" and self.run_id is not None:
+            from derm_exp.tracking.model_lookup import run_artifact
+
             return run_artifact(self.run_id, f"splits/{split}.csv", self.tracking_uri)
         where = self.split_dir or self.checkpoint.parent / "splits"
         raise ModelSourceError(
@@ -77,151 +68,49 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT}/mlflow.db"
 
 
-def _client(tracking_uri: str):
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from mlflow.tracking import MlflowClient
-
-    from derm_exp.tracking.mlflow_run import check_reachable
-
-    check_reachable(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
-def _mask(uri: str) -> str:
-    from derm_exp.tracking.mlflow_run import mask_credentials
-
-    return mask_credentials(uri)
-
-
-def _local_artifact_dir(artifact_uri: str) -> Path | None:
-    """The folder behind a ``file:`` (or plain path) artifact URI, else None."""
-    parsed = urllib.parse.urlparse(artifact_uri)
-    if parsed.scheme == "file":
-        return Path(urllib.request.url2pathname(parsed.path))
-    if parsed.scheme == "" and artifact_uri:
-        return Path(artifact_uri)
-    return None
-
-
-def run_artifact(run_id: str, artifact_path: str, tracking_uri: str) -> Path:
-    """Local path of a run's artifact: read in place from a local store, else downloaded.
-
-    Downloads go to ``<tmp>/derm_exp_artifacts/<run id>/`` and are refreshed on every call.
-    """
-    import mlflow
-
-    client = _client(tracking_uri)
-    try:
-        run = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException as exc:
-        raise ModelSourceError(
-            f"no MLflow run {run_id} in {_mask(tracking_uri)} (set tracking.uri to the store the "
-            "model was trained in)"
-        ) from exc
-    local = _local_artifact_dir(run.info.artifact_uri)
-    if local is not None and (local / artifact_path).is_file():
-        return local / artifact_path
-    dst = Path(tempfile.gettempdir()) / "derm_exp_artifacts" / run_id
-    dst.mkdir(parents=True, exist_ok=True)
-    try:
-        return Path(
-            mlflow.artifacts.download_artifacts(
-                run_id=run_id,
-                artifact_path=artifact_path,
-                dst_path=str(dst),
-                tracking_uri=tracking_uri,
-            )
-        )
-    except Exception as exc:  # MLflow raises several types for missing artifacts
-        raise ModelSourceError(
-            f"run {run_id} has no artifact {artifact_path} ({type(exc).__name__}); was it "
-            "trained to the end with derm_exp?"
-        ) from exc
-
-
-def registry_version(uri: str, tracking_uri: str):
-    """The ``ModelVersion`` behind ``models:/NAME@alias`` or ``models:/NAME/<version|latest>``."""
-    import mlflow
-
-    m = _MODELS_URI.match(uri)
-    if not m or not (m["alias"] or m["version"]):
-        raise ModelSourceError(
-            f"model={uri}: write models:/NAME@alias, models:/NAME/<version> or models:/NAME/latest"
-        )
-    client = _client(tracking_uri)
-    name = m["name"]
-    try:
-        if m["alias"]:
-            return client.get_model_version_by_alias(name, m["alias"])
-        if m["version"] == "latest":
-            versions = client.search_model_versions(f"name = '{name}'")
-            if not versions:
-                raise ModelSourceError(f"registered model {name!r} has no version")
-            return max(versions, key=lambda v: int(v.version))
-        return client.get_model_version(name, m["version"])
-    except mlflow.exceptions.MlflowException as exc:
-        raise ModelSourceError(
-            f"model={uri}: not found in the registry at {_mask(tracking_uri)} "
-            f"({str(exc).splitlines()[0]})"
-        ) from exc
-
-
-def is_registered_ensemble(version) -> bool:
-    """Whether a model version is an ensemble registered by ``derm_exp.ensemble register=true``."""
-    return (version.tags or {}).get("kind") == "ensemble"
-
-
-def _registry_run(uri: str, tracking_uri: str) -> tuple[str, str]:
-    """(run id, version) of the single classifier a ``models:/`` URI names."""
-    mv = registry_version(uri, tracking_uri)
-    if is_registered_ensemble(mv):
-        members = (mv.tags or {}).get("members", "")
-        raise ModelSourceError(
-            f"model={uri} is a registered ensemble ({members or 'several members'}), not one "
-            f"classifier: predict with it through `python -m derm_exp.predict model={uri}`, or "
-            "evaluate its members together with `python -m derm_exp.ensemble models=[...]`"
-        )
-    if not mv.run_id:
-        raise ModelSourceError(f"model={uri}: version {mv.version} has no source run")
-    return mv.run_id, str(mv.version)
-
-
-def resolve_source(ref: str | os.PathLike, tracking_uri: str | None = None) -> ModelSource:
-    """Resolve a checkpoint path (file or run output folder), MLflow run id or ``models:/`` URI."""
+def resolve_source(
+    ref: str | os.PathLike | ModelRef,
+    tracking_uri: str | None = None,
+    download_dir: str | os.PathLike | None = None,
+) -> ModelSource:
+    """Resolve a checkpoint path (file or run output folder), MLflow run id or ``models:/`` URI
+    of one classifier (a registered ensemble is refused). Registered versions that must be
+    downloaded go to ``download_dir`` when given."""
     tracking_uri = tracking_uri or default_tracking_uri()
-    text = str(ref).strip()
-    if not text:
-        raise ModelSourceError("no model given: pass model=<checkpoint, run id or models:/ URI>")
-    path = Path(text).expanduser()
-    if path.is_dir():
-        path = path / "checkpoint_best.pt"
-        if not path.is_file():
-            raise ModelSourceError(f"model={text}: folder without a checkpoint_best.pt")
-    if path.is_file():
+    parsed = parse_ref(ref)
+    if parsed.kind == "checkpoint":
+        path = parsed.path
         return ModelSource(
-            text,
+            parsed.text,
             "checkpoint",
-            path.resolve(),
+            path,
             _stored_run_id(path),
             tracking_uri,
-            path.resolve().parent / "splits",
+            path.parent / "splits",
         )
-    if text.startswith("models:/"):
-        run_id, version = _registry_run(text, tracking_uri)
-        return _from_run(text, "registry", run_id, tracking_uri, version)
-    if RUN_ID.match(text):
-        return _from_run(text, "run", text, tracking_uri)
-    raise ModelSourceError(
-        f"model={text}: no such checkpoint file, and not an MLflow run id (32 hex characters) or "
-        "a registered model URI (models:/NAME@alias)"
+    from derm_exp.tracking.model_lookup import (
+        registered_checkpoint,
+        resolve_version,
+        run_artifact,
     )
 
-
-def _from_run(
-    ref: str, kind: str, run_id: str, tracking_uri: str, version: str | None = None
-) -> ModelSource:
-    checkpoint = run_artifact(run_id, BEST_CHECKPOINT, tracking_uri)
-    return ModelSource(ref, kind, checkpoint, run_id, tracking_uri, model_version=version)
+    if parsed.kind == "run":
+        checkpoint = run_artifact(parsed.run_id, RUN_CHECKPOINT, tracking_uri)
+        return ModelSource(parsed.text, "run", checkpoint, parsed.run_id, tracking_uri)
+    version = resolve_version(parsed, tracking_uri)
+    dst = (
+        None if download_dir is None else Path(download_dir) / f"{version.name}-v{version.version}"
+    )
+    checkpoint = registered_checkpoint(version, dst, tracking_uri, parsed.label)
+    return ModelSource(
+        parsed.text,
+        "registry",
+        checkpoint,
+        version.run_id or _stored_run_id(checkpoint),
+        tracking_uri,
+        model_version=str(version.version),
+        version=version,
+    )
 
 
 def peek_checkpoint(path: str | os.PathLike) -> dict:

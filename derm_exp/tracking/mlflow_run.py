@@ -18,7 +18,6 @@ from derm_exp.errors import UserError
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow  # noqa: E402
-from hydra.experimental.callback import Callback  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<pw>[^@/\s]+)@")
@@ -237,18 +236,3 @@ def group_of(config: Any) -> str:
     """``tracking.tags.group`` when set, else the multirun's :func:`sweep_group`."""
     tags = config.tracking.get("tags") or {}
     return str(tags["group"]) if tags.get("group") else sweep_group(config.hydra.sweep.dir)
-
-
-class MultirunCallback(Callback):
-    """Hydra callback for every multirun of the training app (``conf/train.yaml``).
-
-    Before the jobs: create the MLflow store and experiment once in the launching process
-    (parallel launchers such as joblib otherwise race to create a fresh sqlite schema: "duplicate
-    column name") and print the group id that tags every job's run.
-    """
-
-    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        t = config.tracking
-        setup_experiment(t.uri, t.experiment_name, t.artifact_root)
-        group = group_of(config)
-        print(f"sweep group: {group}  (filter runs in `mlflow ui` with: tags.group = '{group}')")

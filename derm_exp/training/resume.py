@@ -9,7 +9,6 @@ or only runs its final evaluation when no epoch is left.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ RESUMABLE_KEYS = (
     "tracking.artifact_root",
     "registry.allow_degenerate",
 )
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+CHECKPOINT_DIR_TAG = "derm_exp.checkpoint_dir"  # run tag: the run's output folder
 
 
 class ResumeError(UserError, ValueError):
@@ -53,43 +52,24 @@ class Resumed:
 
 
 def locate_checkpoint(ref: str, tracking_uri: str) -> Path:
-    """A checkpoint path as given, or the latest checkpoint of MLflow run ``ref``."""
-    path = Path(ref).expanduser()
-    if path.is_dir():
-        path = path / "checkpoint_latest.pt"
-    if path.is_file():
-        return path
-    if not _RUN_ID.match(ref):
-        raise ResumeError(f"resume={ref}: no such checkpoint file, and not an MLflow run id")
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        run = MlflowClient().get_run(ref)
-    except mlflow.exceptions.MlflowException as exc:
-        raise ResumeError(f"resume={ref}: no such MLflow run in {tracking_uri}") from exc
-    local = Path(run.data.tags.get("derm_exp.checkpoint_dir", "")) / "checkpoint_latest.pt"
-    if local.is_file():
-        return local
-    return _download(ref, "checkpoint_latest.pt", "(local or logged)")
-
-
-def _download(run_id: str, name: str, where: str = "") -> Path:
-    """A checkpoint logged by run ``run_id`` (``checkpoints/<name>``), downloaded quietly."""
-    import mlflow
-
-    from derm_exp.tracking.mlflow_run import quiet_artifact_progress
+    """A checkpoint path as given (a folder: its ``checkpoint_latest.pt``), or the latest
+    checkpoint of MLflow run ``ref``: the one in the run's output folder when it is still
+    there (it may be newer than the logged one), else the run's logged artifact."""
+    from derm_exp.tracking.model_refs import LATEST_CHECKPOINT, ModelRefError, parse_ref
 
     try:
-        with quiet_artifact_progress():
-            return Path(
-                mlflow.artifacts.download_artifacts(
-                    run_id=run_id, artifact_path=f"checkpoints/{name}"
-                )
-            )
-    except Exception as exc:
-        raise ResumeError(f"run {run_id} has no {name} {where}".rstrip()) from exc
+        parsed = parse_ref(ref, "resume", LATEST_CHECKPOINT, kinds=("checkpoint", "run"))
+        if parsed.kind == "checkpoint":
+            return parsed.path
+        from derm_exp.tracking.model_lookup import get_run, run_artifact
+
+        run = get_run(parsed.run_id, tracking_uri)
+        local = Path(run.data.tags.get(CHECKPOINT_DIR_TAG, "")) / LATEST_CHECKPOINT
+        if local.is_file():
+            return local
+        return run_artifact(parsed.run_id, f"checkpoints/{LATEST_CHECKPOINT}", tracking_uri)
+    except ModelRefError as exc:
+        raise ResumeError(str(exc)) from None
 
 
 def _override_keys(overrides: list[str]) -> list[str]:
@@ -203,14 +183,16 @@ def finish_if_done(cfg: DictConfig, resumed: Resumed) -> float | None:
     stopped = stop_reason(ck, cfg)
     if status != "FINISHED" or stopped is None:
         return None
-    from derm_exp.tracking.registry import SKIPPED_TAG, register_best_model, search_versions
+    from derm_exp.tracking.registry_search import search_versions
+    from derm_exp.training.registration import SKIPPED_TAG, register_best_model
 
     value = best_objective(ck["history"], int(ck["best"]["epoch"]), str(cfg.objective))
     registry = cfg.get("registry") or {}
     skipped = tags.get(SKIPPED_TAG) == "degenerate"
     if registry.get("enabled", True) and registry.get("allow_degenerate", False) and skipped:
         print(f"Run {resumed.run_id} is finished; registering its degenerate model as asked.")
-        register_best_model(cfg, resumed.run_id, _best_checkpoint(resumed), history=ck["history"])
+        best = _best_checkpoint(resumed, cfg.tracking.uri)
+        register_best_model(cfg, resumed.run_id, best, history=ck["history"])
         return value
     run_id, (why, more) = resumed.run_id, stopped
     name = str(registry.get("name", "derm-classifier"))
@@ -230,8 +212,14 @@ def finish_if_done(cfg: DictConfig, resumed: Resumed) -> float | None:
     return value
 
 
-def _best_checkpoint(resumed: Resumed) -> Path:
+def _best_checkpoint(resumed: Resumed, tracking_uri: str) -> Path:
     """The run's ``checkpoint_best.pt`` (calibrated): beside its latest checkpoint, or logged."""
     if resumed.best_path is not None:
         return resumed.best_path
-    return _download(resumed.run_id, "checkpoint_best.pt")
+    from derm_exp.tracking.model_lookup import run_artifact
+    from derm_exp.tracking.model_refs import BEST_CHECKPOINT, ModelRefError
+
+    try:
+        return run_artifact(resumed.run_id, f"checkpoints/{BEST_CHECKPOINT}", tracking_uri)
+    except ModelRefError as exc:
+        raise ResumeError(str(exc)) from None

@@ -28,7 +28,6 @@ from derm_exp.models.classifier import build_model
 from derm_exp.runtime import Precision, resolve_device, resolve_precision, seed_everything
 from derm_exp.tracking.choices import config_choices
 from derm_exp.tracking.mlflow_run import redact_config, run_url_hint, setup_experiment
-from derm_exp.tracking.registry import register_best_model
 from derm_exp.training import resume as resume_mod
 from derm_exp.training.data_setup import (
     Loaders,
@@ -48,6 +47,7 @@ from derm_exp.training.loop import (
 )
 from derm_exp.training.losses import build_criterion, loss_class_weights
 from derm_exp.training.mixing import build_mixup
+from derm_exp.training.registration import register_best_model
 from derm_exp.training.rng import rng_state, set_rng_state
 from derm_exp.training.run_tracking import CheckpointPaths, log_run_start, open_run, run_outcome
 from derm_exp.training.selection import Score, is_better

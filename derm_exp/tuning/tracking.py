@@ -16,7 +16,8 @@ from typing import Any
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from derm_exp.tracking.mlflow_run import MultirunCallback, mask_credentials, setup_experiment
+from derm_exp.tracking.callbacks import MultirunCallback
+from derm_exp.tracking.mlflow_run import mask_credentials, setup_experiment
 
 KIND_TAG = "derm_exp.kind"
 STUDY_KIND = "optuna_study"

@@ -1,4 +1,5 @@
-"""A wrong ``data.root`` (or split CSV) is reported before torch and timm are imported."""
+"""A wrong ``data.root`` (or split CSV) is reported before torch and timm are imported (and, for
+training, before MLflow: Hydra instantiates the training app's callbacks at every start)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def test_a_missing_data_root_fails_before_torch_is_imported(
     assert f"dataset folder {tmp_path / 'nowhere'} does not exist" in out
     assert "Traceback" not in out
     assert not NOT_BEFORE_THE_CHECK & imported(proc)
+    if app == "train":
+        assert "mlflow" not in imported(proc)
 
 
 def test_a_folder_that_is_no_dataset_lists_what_is_missing(tmp_path: Path) -> None:

@@ -89,7 +89,8 @@ def _runs(sweep: Sweep, query: str) -> list:
 
 
 def test_seed_sweep_runs_share_a_group(sweep: Sweep) -> None:
-    from derm_exp.tracking.registry import resolve_version, search_versions
+    from derm_exp.tracking.model_lookup import resolve_version
+    from derm_exp.tracking.registry_search import search_versions
 
     runs = _runs(sweep, f"tags.group = '{sweep.group}'")
     assert sorted(r.data.tags["seed"] for r in runs) == ["1", "2"]
@@ -116,6 +117,10 @@ def test_ensemble_cli_evaluates_logs_and_registers(sweep: Sweep, demo_data: Path
         ]
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    # Registered through the client, like the training runs: none of MLflow's fluent notices.
+    assert "registered models:/derm-ensemble/1" in proc.stdout
+    for notice in ("Successfully registered", "already exists", "Created version"):
+        assert notice not in proc.stdout + proc.stderr
     for text in (
         "derm-classifier/1",
         "derm-classifier/2",

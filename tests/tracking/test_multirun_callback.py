@@ -12,7 +12,8 @@ from hydra.utils import instantiate
 from mlflow.tracking import MlflowClient
 
 from derm_exp.config import CONF_DIR
-from derm_exp.tracking.mlflow_run import MultirunCallback, sweep_group
+from derm_exp.tracking.callbacks import MultirunCallback
+from derm_exp.tracking.mlflow_run import sweep_group
 
 
 def test_the_callback_creates_the_store_once_and_prints_the_group(

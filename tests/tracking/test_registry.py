@@ -14,14 +14,9 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
 from derm_exp.errors import PredictionInputError, RegistryError
-from derm_exp.tracking.registry import (
-    build_filter,
-    register_best_model,
-    resolve_version,
-    search_versions,
-    selected_val_metrics,
-    top_k,
-)
+from derm_exp.tracking.model_lookup import resolve_version
+from derm_exp.tracking.registry_search import build_filter, search_versions, top_k
+from derm_exp.training.registration import register_best_model, selected_val_metrics
 
 
 @pytest.fixture

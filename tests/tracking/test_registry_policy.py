@@ -10,8 +10,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf, open_dict
 
-from derm_exp.tracking.aliases import best_for_seed
 from derm_exp.training.resume import stop_reason
+from derm_exp.training.seed_aliases import best_for_seed
 from tests.conftest import compose_train
 
 BASE = {"monitor": "val/balanced_accuracy", "monitor_mode": "max", "data_fingerprint": "f"}

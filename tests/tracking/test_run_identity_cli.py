@@ -115,7 +115,7 @@ def test_log_names_freezing_and_resuming_without_mlflow_notices(runs: Runs) -> N
 
 
 def test_ensemble_query_by_option_name_finds_new_and_old_versions(runs: Runs) -> None:
-    from derm_exp.tracking.registry import search_versions
+    from derm_exp.tracking.registry_search import search_versions
 
     client = runs.client
     new = search_versions(tags={"loss": "label_smoothing", "head": "acrnn"})

@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 
+from derm_exp.tracking.registry_search import VAL_PREFIX
 from derm_exp.training.selection import Score, is_better
-
-VAL_PREFIX = "val_"
 
 
 def seed_alias(seed: str | int) -> str:

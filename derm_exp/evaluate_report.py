@@ -1,0 +1,171 @@
+"""What ``python -m derm_exp.evaluate`` writes, logs and prints.
+
+:func:`write_predictions` writes ``predictions.csv``; :func:`report` writes the report
+(``evaluation_metrics.json``, ``plots/``), logs it to its own MLflow run
+(:func:`log_to_mlflow`; see :mod:`derm_exp.evaluate` for what that run holds) and prints the
+summary.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("derm_exp.evaluate")
+DISCLAIMER = "Research and education only; not a medical device. Do not use for diagnosis."
+
+
+@dataclass
+class Predictions:
+    """What the evaluated model gave: true labels, probabilities before and after temperature
+    scaling, and the sample ids (images, or lesions with ``lesion_level=true``)."""
+
+    y: Any
+    probs: Any
+    calibrated: Any
+    ids: Any
+    groups: Any  # lesion id per image (None: no lesion ids, or one sample per lesion)
+
+
+def write_predictions(path: Path, p: Predictions, classes: list[str], lesion_level: bool) -> Path:
+    """One row per evaluated sample (image, or lesion): its id (and lesion), true and predicted
+    class, probabilities before (``prob_<class>``) and after (``prob_calibrated_<class>``)
+    temperature scaling."""
+    import numpy as np
+    import pandas as pd
+
+    table = pd.DataFrame({"lesion_id" if lesion_level else "image_id": p.ids})
+    if not lesion_level and p.groups is not None:
+        table["lesion_id"] = p.groups
+    table["label"] = [classes[i] for i in p.y]
+    table["predicted"] = [classes[i] for i in np.argmax(p.probs, 1)]
+    for i, c in enumerate(classes):
+        table[f"prob_{c}"] = p.probs[:, i]
+    for i, c in enumerate(classes):
+        table[f"prob_calibrated_{c}"] = p.calibrated[:, i]
+    table.to_csv(path, index=False)
+    return path
+
+
+def report(
+    cfg: DictConfig,
+    result: dict[str, Any],
+    predictions: Predictions,
+    classes: list[str],
+    source: Any,
+    output_dir: Path,
+) -> None:
+    """Write the report (and log it to its own MLflow run), then print a summary."""
+    from derm_exp.evaluation.report import log_evaluation
+
+    probs, calibrated, y = predictions.probs, predictions.calibrated, predictions.y
+
+    prefix = "eval_lesion/" if cfg.lesion_level else "eval/"
+    extra = {f"{prefix}temperature": result["temperature"]["value"]}
+    kwargs = dict(
+        calibrated_probs=calibrated,
+        output_dir=output_dir,
+        extra_metrics=extra,
+        title=f"Evaluation ({result['data']})",
+    )
+    run_id = None
+    if cfg.tracking.enabled:
+        run_id = log_to_mlflow(
+            cfg,
+            result,
+            source,
+            output_dir,
+            lambda: log_evaluation(result, probs, y, classes, prefix, **kwargs),
+        )
+    else:
+        log_evaluation(result, probs, y, classes, prefix, **kwargs)
+    ci = result.get("bootstrap", {}).get("intervals", {})
+
+    def with_ci(name: str) -> str:
+        value = result[name]
+        if value is None:
+            return "n/a"
+        c = ci.get(name, {})
+        band = f" [{c['low']:.3f}, {c['high']:.3f}]" if c.get("low") is not None else ""
+        return f"{value:.4f}{band}"
+
+    cal = result["calibrated"]
+    print(
+        f"\nEvaluated {result['n_samples']} {result['level']}s ({result['data']}), "
+        f"TTA {result['tta']['mode']}"
+    )
+    print(f"  balanced accuracy {with_ci('balanced_accuracy')}   accuracy {with_ci('accuracy')}")
+    print(f"  macro-F1 {with_ci('macro_f1')}   macro AUC {with_ci('macro_auc')}")
+    print(
+        f"  ECE {result['ece']:.4f} -> {cal['ece']:.4f}   NLL {result['nll']:.4f} -> "
+        f"{cal['nll']:.4f}  (temperature {result['temperature']['value']:.3f})"
+    )
+    if result["absent_classes"]:
+        print(f"  absent classes: {', '.join(result['absent_classes'])}")
+    print(f"  report: {output_dir / 'evaluation_metrics.json'}")
+    if run_id:
+        print(f"  MLflow evaluation run: {run_id}")
+    print(f"  {DISCLAIMER}")
+
+
+def log_to_mlflow(
+    cfg: DictConfig, result: dict, source: Any, output_dir: Path, log_report: Any
+) -> str:
+    """Open the evaluation run (see the module docstring), log params/tags, then the report."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from derm_exp.tracking.mlflow_run import mask_credentials, setup_experiment
+
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    client = MlflowClient()
+    source_run = None
+    if source.run_id:
+        try:
+            source_run = client.get_run(source.run_id)
+        except mlflow.exceptions.MlflowException:
+            log.info("checkpoint run %s is not in this tracking store", source.run_id)
+    if source_run is not None:
+        experiment_id = source_run.info.experiment_id
+        name = source_run.info.run_name or source.run_id[:8]
+    else:
+        experiment_id = setup_experiment(
+            cfg.tracking.uri, cfg.tracking.experiment_name, cfg.tracking.artifact_root
+        )
+        name = Path(source.checkpoint).parent.name
+    tags = {
+        "derm_exp.kind": "evaluation",
+        "derm_exp.source_kind": source.kind,
+        "derm_exp.source_ref": mask_credentials(str(cfg.model_ref)),
+        "derm_exp.eval_data": result["data"],
+        "derm_exp.eval_level": result["level"],
+        "backbone": str(result["model"]["backbone"]),
+        "mlflow.note.content": DISCLAIMER,
+        **OmegaConf.to_container(cfg.tracking.tags, resolve=True),
+    }
+    if source_run is not None:
+        tags["derm_exp.source_run"] = source.run_id
+    if source.model_version:
+        tags["derm_exp.model_version"] = source.model_version
+    params = {
+        "model_ref": mask_credentials(str(cfg.model_ref)),
+        "data": result["data"],
+        "lesion_level": bool(cfg.lesion_level),
+        "tta.mode": result["tta"]["mode"],
+        "tta.views": ",".join(result["tta"]["views"]),
+        "tta.aggregation": result["tta"]["aggregation"],
+        "temperature.mode": str(cfg.temperature),
+        "temperature.source": result["temperature"]["source"],
+        "bootstrap.n_boot": int(cfg.bootstrap.n_boot),
+        "n_samples": result["n_samples"],
+    }
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"eval-{name}") as run:
+        mlflow.set_tags(tags)
+        mlflow.log_params(params)
+        log_report()
+        mlflow.log_artifact(str(output_dir / "predictions.csv"))
+        return run.info.run_id
