@@ -4,7 +4,7 @@ Research and education only; not a medical device. Do not use for diagnosis.
 
 ``model=`` names one model (checkpoint, output folder, MLflow run id, ``models:/`` URI) or an
 ensemble: ``model=[ref1,ref2,...]``, ``group=<sweep id>`` or a registered ensemble
-(``models:/derm-ensemble/N``); see :mod:`derm_exp.inference.model_refs`.
+(``models:/derm-ensemble/N``); see :mod:`derm_exp.inference.prediction_model`.
 
 One image prints a table (classes sorted by probability). A folder writes a CSV, one row per
 image file, in file name order: ``image, predicted_class, confidence, uncertainty``, then
@@ -167,7 +167,7 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
     files = find_images(str(cfg.image), bool(cfg.recursive))
     # Heavy imports (torch, timm) only once the inputs are known to exist.
     from derm_exp.inference.file_predictions import predict_files
-    from derm_exp.inference.model_refs import load_prediction_model
+    from derm_exp.inference.prediction_model import load_prediction_model
     from derm_exp.inference.tta import preset_from_config
 
     try:
