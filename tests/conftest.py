@@ -16,6 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["DERM_EXP_CACHE_DIR"] = tempfile.mkdtemp(prefix="derm_exp_test_cache_")
 
 from derm_exp.config import CONF_DIR, normalize_overrides  # noqa: E402
+from tests.tiny import tiny  # noqa: E402
 
 
 def compose_train(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
@@ -37,20 +38,7 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_cfg(tmp_path: Path, demo_data: Path) -> DictConfig:
     """A 2-epoch, 32 px, CPU training config logging to a tmp MLflow store."""
-    cfg = compose_train(
-        [
-            "model=tiny",
-            "data.image_size=32",
-            "data.batch_size=16",
-            "data.eval_batch_size=64",
-            "data.num_workers=0",
-            "trainer.max_epochs=2",
-            "trainer.log_every_n_steps=2",
-            "device=cpu",
-            "tta=light",
-            "evaluation.n_boot=50",
-        ]
-    )
+    cfg = compose_train(tiny("trainer.max_epochs=2", "tta=light", "evaluation.n_boot=50"))
     with open_dict(cfg):
         cfg.data.root = str(demo_data)
         cfg.tracking.uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import TINY_MODEL
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Every figure the report promises (dotted paths into benchmark.json), numbers > 0.
@@ -87,8 +89,7 @@ def lookup(tree: dict, dotted: str):
 def test_benchmark_runs_end_to_end_and_reports_every_figure(demo_data: Path, tmp_path: Path):
     out = tmp_path / "out"
     proc = run_benchmark(
-        "model=tiny",
-        "data.image_size=32",
+        *TINY_MODEL,
         f"data.root={demo_data}",
         "data.num_workers=0",
         "data.eval_batch_size=8",
@@ -184,8 +185,7 @@ def test_the_benchmark_times_the_training_setup_of_a_run(demo_data: Path, tmp_pa
     from tests.conftest import compose_train
 
     args = [
-        "model=tiny",
-        "data.image_size=32",
+        *TINY_MODEL,
         f"data.root={demo_data}",
         "loss=focal",
         "loss.class_weights=inverse_frequency",

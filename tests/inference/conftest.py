@@ -21,6 +21,7 @@ from omegaconf import open_dict
 
 from derm_exp.config import PROJECT_ROOT
 from tests.conftest import compose_train
+from tests.tiny import tiny
 
 
 @dataclass(frozen=True)
@@ -38,20 +39,7 @@ def train_tiny_model(base: Path, data_root: Path) -> TrainedModel:
     if not marker.is_file():
         from derm_exp.training.trainer import fit
 
-        cfg = compose_train(
-            [
-                "model=tiny",
-                "data.image_size=32",
-                "data.batch_size=16",
-                "data.eval_batch_size=64",
-                "data.num_workers=0",
-                "trainer.max_epochs=1",
-                "trainer.log_every_n_steps=2",
-                "device=cpu",
-                "tta=none",
-                "registry.enabled=false",
-            ]
-        )
+        cfg = compose_train(tiny("trainer.max_epochs=1", "tta=none", "registry.enabled=false"))
         with open_dict(cfg):
             cfg.data.root = str(data_root)
             cfg.tracking.uri = f"sqlite:///{base}/mlflow.db"

@@ -21,6 +21,7 @@ from derm_exp.config import PROJECT_ROOT
 from derm_exp.ensemble import KIND
 from derm_exp.errors import RegistryError
 from tests.conftest import compose_train
+from tests.tiny import TINY
 
 pytestmark = pytest.mark.slow
 ENV = {
@@ -61,13 +62,9 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> Sweep:
             "derm_exp.train",
             "-m",
             "experiment=ensemble_seeds",
-            "model=tiny",
+            *TINY,
             "seed=1,2",
             f"data.root={demo_data}",
-            "data.image_size=32",
-            "data.batch_size=16",
-            "data.eval_batch_size=64",
-            "data.num_workers=0",
             "trainer.max_epochs=1",
             "evaluation.n_boot=0",
             "device=cpu",

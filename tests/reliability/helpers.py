@@ -12,18 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import tiny
+
 ROOT = Path(__file__).resolve().parents[2]
-TINY = [
-    "model=tiny",
-    "data.image_size=32",
-    "data.num_workers=0",
-    "data.batch_size=16",
-    "trainer.log_every_n_steps=2",
-    "device=cpu",
-    "registry.enabled=false",
-    "tta=none",
-    "evaluation.n_boot=0",
-]
+TINY = tiny("registry.enabled=false", "tta=none", "evaluation.n_boot=0")
 
 
 def cli_env() -> dict[str, str]:
