@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 import tempfile
 import urllib.parse
 import urllib.request
@@ -15,6 +16,17 @@ from typing import Any
 from derm_exp.errors import UserError
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# HTTP tracking servers: MLflow's own defaults retry a refused connection for ~4 minutes
+# (7 retries, 120 s timeout). The training config's tracking.request_timeout_s / max_retries /
+# retry_backoff_s set these per run (configure_http); these defaults match conf/train.yaml.
+HTTP_ENV = {
+    "request_timeout_s": "MLFLOW_HTTP_REQUEST_TIMEOUT",
+    "max_retries": "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
+    "retry_backoff_s": "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+}
+HTTP_DEFAULTS = {"request_timeout_s": 30, "max_retries": 3, "retry_backoff_s": 2}
+for _key, _var in HTTP_ENV.items():
+    os.environ.setdefault(_var, str(HTTP_DEFAULTS[_key]))
 
 import mlflow  # noqa: E402
 from hydra.experimental.callback import Callback  # noqa: E402
@@ -79,6 +91,20 @@ def loggable_params(config: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def configure_http(tracking: Mapping[str, Any]) -> None:
+    """Bound how long MLflow waits for an HTTP tracking server: each request times out after
+    ``request_timeout_s`` and is retried ``max_retries`` times, ``retry_backoff_s`` x 2, 4, ...
+    seconds apart (MLflow's ``MLFLOW_HTTP_REQUEST_*`` variables, read at every request)."""
+    for key, var in HTTP_ENV.items():
+        value = tracking.get(key)
+        if value is None:
+            continue
+        low = 1 if key == "request_timeout_s" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise TrackingError(f"tracking.{key}={value!r}: give a whole number >= {low}")
+        os.environ[var] = str(value)
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast (seconds) when an http(s) tracking server cannot be reached."""
     parsed = urllib.parse.urlparse(uri)
@@ -111,9 +137,23 @@ def setup_experiment(uri: str, experiment_name: str, artifact_root: str | None) 
         if artifact_root and urllib.parse.urlparse(uri).scheme in {"sqlite", "file", ""}:
             location = (Path(artifact_root) / experiment_name).resolve().as_uri()
             check_artifact_location(location)
-        return mlflow.create_experiment(experiment_name, artifact_location=location)
+        return _create_experiment(experiment_name, location)
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(f"cannot use tracking store {mask_credentials(uri)}: {exc}") from exc
+
+
+def _create_experiment(name: str, location: str | None) -> str:
+    """Create experiment ``name``, or return its id when another process (a parallel sweeper or
+    job on a shared server) created it meanwhile."""
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def check_artifact_location(location: str | None) -> None:
@@ -166,15 +206,30 @@ def group_of(config: Any) -> str:
 
 
 class MultirunCallback(Callback):
-    """Hydra callback for every multirun of the training app (``conf/train.yaml``).
+    """Hydra callback of the training app (``conf/train.yaml``).
 
-    Before the jobs: create the MLflow store and experiment once in the launching process
-    (parallel launchers such as joblib otherwise race to create a fresh sqlite schema: "duplicate
-    column name") and print the group id that tags every job's run.
+    Every job, wherever it runs: bound MLflow's HTTP timeouts and retries (:func:`configure_http`)
+    before it talks to a tracking server. Multiruns, before the jobs: create the MLflow store and
+    experiment once in the launching process (parallel launchers such as joblib otherwise race to
+    create a fresh sqlite schema: "duplicate column name") and print the group id that tags every
+    job's run.
     """
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        _configure_or_exit(config.tracking)
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         t = config.tracking
+        _configure_or_exit(t)
         setup_experiment(t.uri, t.experiment_name, t.artifact_root)
         group = group_of(config)
         print(f"sweep group: {group}  (filter runs in `mlflow ui` with: tags.group = '{group}')")
+
+
+def _configure_or_exit(tracking: Any) -> None:
+    """:func:`configure_http`; a bad value is one ``error:`` line (exit 1), not a traceback."""
+    try:
+        configure_http(tracking)
+    except TrackingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -27,6 +27,9 @@ RESUMABLE_KEYS = (
     "data.cache_key",
     "tracking.uri",
     "tracking.artifact_root",
+    "tracking.request_timeout_s",
+    "tracking.max_retries",
+    "tracking.retry_backoff_s",
 )
 # What checkpoint_latest.pt holds beyond the weights; checkpoint_best.pt lacks most of it.
 _LATEST_KEYS = (
