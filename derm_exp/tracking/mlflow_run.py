@@ -24,7 +24,7 @@ HTTP_ENV = {
     "max_retries": "MLFLOW_HTTP_REQUEST_MAX_RETRIES",
     "retry_backoff_s": "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
 }
-HTTP_DEFAULTS = {"request_timeout_s": 30, "max_retries": 3, "retry_backoff_s": 2}
+HTTP_DEFAULTS = {"request_timeout_s": 20, "max_retries": 3, "retry_backoff_s": 2}
 for _key, _var in HTTP_ENV.items():
     os.environ.setdefault(_var, str(HTTP_DEFAULTS[_key]))
 
