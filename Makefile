@@ -9,10 +9,10 @@ ARGS ?=
 export MLFLOW_DISABLE_TELEMETRY := true
 export HYDRA_FULL_ERROR ?= 0
 
-.PHONY: install demo test train tune ui dashboard lint help
+.PHONY: install demo test train tune ui dashboard lint help server server-stop server-status
 
 help:  ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,17 @@ tune: $(STAMP)  ## Optuna sweep: make tune ARGS="data.root=data/HAM10000 hydra.s
 # -> 2 processes, 0.6 GiB).
 ui: $(STAMP)  ## Open the MLflow UI on http://127.0.0.1:$(UI_PORT) (local only)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port $(UI_PORT) --workers 1
+
+# The shared tracking server (README "Scaling out"): PostgreSQL + `mlflow server` in ./server/,
+# on 127.0.0.1 only; options: make server ARGS="--port 5051 --db-port 5434" (see --help).
+server: $(STAMP)  ## Start the shared MLflow + PostgreSQL server on http://127.0.0.1:5050
+	$(BIN)/python -m derm_exp.server start $(ARGS)
+
+server-stop: $(STAMP)  ## Stop it (MLflow, then PostgreSQL); its data stays in ./server/
+	$(BIN)/python -m derm_exp.server stop $(ARGS)
+
+server-status: $(STAMP)  ## Is it running, and how clients use it
+	$(BIN)/python -m derm_exp.server status $(ARGS)
 
 lint: $(STAMP)  ## ruff check + format check
 	$(BIN)/ruff check derm_exp tests hydra_plugins

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from derm_exp.errors import UserError
+from derm_exp.tracking.http_settings import apply_http_defaults
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+apply_http_defaults()  # before MLflow reads them
 
 import mlflow  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -147,13 +149,25 @@ def setup_experiment(uri: str, experiment_name: str, artifact_root: str | None) 
         if artifact_root and urllib.parse.urlparse(uri).scheme in {"sqlite", "file", ""}:
             location = (Path(artifact_root) / experiment_name).resolve().as_uri()
             check_artifact_location(location)
-        return mlflow.create_experiment(
-            experiment_name,
-            artifact_location=location,
-            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
-        )
+        return _create_experiment(experiment_name, location)
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(f"cannot use tracking store {mask_credentials(uri)}: {exc}") from exc
+
+
+def _create_experiment(name: str, location: str | None) -> str:
+    """Create experiment ``name``, or return its id when another process (a parallel sweeper or
+    job on a shared server) created it meanwhile."""
+    try:
+        return mlflow.create_experiment(
+            name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def check_artifact_location(location: str | None) -> None:

@@ -34,6 +34,9 @@ RESUMABLE_KEYS = (
     "tracking.uri",
     "tracking.artifact_root",
     "registry.allow_degenerate",
+    "tracking.request_timeout_s",
+    "tracking.max_retries",
+    "tracking.retry_backoff_s",
 )
 CHECKPOINT_DIR_TAG = "derm_exp.checkpoint_dir"  # run tag: the run's output folder
 

@@ -14,7 +14,9 @@ every sampler ranks it below any real trial, and user attrs ``degenerate=True`` 
 from __future__ import annotations
 
 import math
+import random
 import re
+import time
 import warnings
 from collections import Counter
 from collections.abc import Callable
@@ -64,20 +66,52 @@ def make_storage(
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # several processes may share one sqlite file: wait for its lock instead of failing
         engine_kwargs["connect_args"] = {"timeout": 60}
+    elif not url.startswith("sqlite"):
+        # a database server may restart between trials: test pooled connections before use
+        engine_kwargs["pool_pre_ping"] = True
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-            )
+        return _open_rdb(url, engine_kwargs, heartbeat_interval, grace_period)
     except Exception as exc:  # sqlalchemy raises many types for bad URLs / unreachable servers
         raise StudyError(
             f"cannot open the Optuna storage {mask_credentials(url)}: {exc}. Set "
             "hydra.sweeper.storage to an SQLAlchemy URL such as sqlite:///$PWD/optuna.db"
+            f"{_password_hint(url, exc)}"
         ) from exc
+
+
+def _open_rdb(
+    url: str, engine_kwargs: dict[str, Any], heartbeat_interval: int | None, grace: int | None
+) -> RDBStorage:
+    """``RDBStorage(url)``; retried when sweepers started together race to create its tables
+    (on PostgreSQL the loser gets an IntegrityError / "already exists")."""
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                return RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace,
+                )
+        except (IntegrityError, ProgrammingError):
+            if attempt == 2:
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
+
+
+def _password_hint(url: str, exc: Exception) -> str:
+    """For a PostgreSQL URL without password: where libpq looks for it (derm_exp.server)."""
+    if url.startswith("postgresql") and "password" in str(exc).lower():
+        return (
+            ". The password comes from the file PGPASSFILE names: for `python -m "
+            "derm_exp.server`, export PGPASSFILE=<server folder>/pgpass (the server's `status` "
+            "prints it)"
+        )
+    return ""
 
 
 def existing_trial_count(storage: BaseStorage | None, name: str) -> int:
@@ -187,5 +221,19 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def stop_after(n_trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """A callback that stops the study once it has ``n_trials`` finished trials (all processes)."""
-    return optuna.study.MaxTrialsCallback(n_trials, states=FINISHED)
+    """A callback that stops the study once it has ``n_trials`` finished trials (all processes).
+
+    Trials still running in other processes sharing the storage count too (stale ones of dead
+    processes are failed first): otherwise each process that sees ``n_trials - 1`` finished
+    trials would start one more, and several sweepers together would overshoot ``n_trials``.
+    """
+
+    def callback(study: optuna.Study, trial: FrozenTrial) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            fail_stale_trials(study)
+        taken = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        if len(taken) >= n_trials:
+            study.stop()
+
+    return callback
