@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from derm_exp.data.dataset import (
     split_batch_transform,
 )
 from derm_exp.data.metadata import CLASSES, load_metadata
-from derm_exp.data.sampling import make_weighted_sampler
+from derm_exp.data.sampling import RankSliceSampler, ShardSampler, make_weighted_sampler
 from derm_exp.data.splits import split_dataset
 from derm_exp.data.synthetic import resolve_data_root
 from derm_exp.data.transforms import build_eval_transform, build_train_transform
@@ -124,6 +125,9 @@ class Loaders:
     test: DeviceBatches
     train_labels: np.ndarray
     generator: torch.Generator
+    # DDP: this rank's contiguous shard of ``val`` (per-epoch validation, gathered exactly);
+    # None in a single process. ``val``/``test`` stay whole for rank 0's final report.
+    val_shard: DeviceBatches | None = None
 
 
 def build_loaders(
@@ -132,12 +136,16 @@ def build_loaders(
     augment_cfg: DictConfig,
     data_config: dict,
     device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Loaders:
     """Training loader (shuffled or class-balanced) and ordered val/test loaders.
 
     The training loader draws its order from ``generator``; the trainer reseeds it every epoch
     so an epoch's order does not depend on earlier epochs (exact resume). The last partial
     training batch is dropped: BatchNorm heads need >= 2 images and mixup an even batch.
+    With ``world_size > 1`` (DDP) each rank trains on its slice of the same global draw
+    (:class:`RankSliceSampler`; ``data.batch_size`` is per rank) and validates its shard.
     """
     pin = device.type == "cuda" if data_cfg.pin_memory == "auto" else bool(data_cfg.pin_memory)
     workers = int(data_cfg.num_workers)
@@ -158,7 +166,15 @@ def build_loaders(
         sampler.generator = generator
     elif data_cfg.sampler != "none":
         raise ValueError(f"data.sampler={data_cfg.sampler!r}: choose none or weighted")
+    if world_size > 1:
+        weights = None if sampler is None else sampler.weights
+        sampler = RankSliceSampler(len(train_set), rank, world_size, generator, weights)
     batch = int(data_cfg.batch_size)
+    per_rank = len(train_set) // world_size
+    if world_size > 1 and workers > 0:  # the shared generator gives every rank the same seeds
+        common_train = {**common, "worker_init_fn": functools.partial(_rank_worker_seed, rank)}
+    else:
+        common_train = common
     train = make_loader(
         train_set,
         train_finish,
@@ -167,18 +183,36 @@ def build_loaders(
         shuffle=sampler is None,
         sampler=sampler,
         generator=generator,
-        drop_last=len(train_set) > batch,
-        **common,
+        drop_last=per_rank > batch,
+        **common_train,
     )
     eval_tf = build_eval_transform(data_config)
 
+    eval_batch = int(data_cfg.eval_batch_size)
+
     def ordered(split: str) -> DeviceBatches:
         ds, finish = make_dataset(parts[split], eval_tf, data_cfg)
-        return make_loader(
-            ds, finish, device, batch_size=int(data_cfg.eval_batch_size), shuffle=False, **common
-        )
+        return make_loader(ds, finish, device, batch_size=eval_batch, shuffle=False, **common)
 
-    return Loaders(train, ordered("val"), ordered("test"), train_labels, generator)
+    val = ordered("val")
+    shard = None
+    if world_size > 1:
+        ds, finish = val.dataset, val.finish
+        shard = make_loader(
+            ds,
+            finish,
+            device,
+            batch_size=eval_batch,
+            sampler=ShardSampler(len(ds), rank, world_size),
+            **common,
+        )
+    return Loaders(train, val, ordered("test"), train_labels, generator, shard)
+
+
+def _rank_worker_seed(rank: int, worker_id: int) -> None:
+    """DDP loader workers: offset the worker's torch seed by the rank, so ranks augment with
+    different random streams (the sampler's global draw stays shared)."""
+    torch.manual_seed((torch.initial_seed() + 1_000_003 * rank) % 2**63)
 
 
 def skipped_images(loaders: Loaders) -> list[str]:

@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from derm_exp.errors import UserError
 from derm_exp.runtime import Precision
+from derm_exp.training import distributed
 from derm_exp.training.schedulers import BatchScheduler
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ def train_one_epoch(
         else:
             optimizer.step()
         if ema is not None:
-            ema.update(getattr(model, "_orig_mod", model), step=update)  # torch.compile
+            ema.update(distributed.unwrap(model), step=update)  # torch.compile / DDP
         update += 1
         batch = images.shape[0]
         seen += batch
@@ -121,15 +122,18 @@ def train_one_epoch(
         correct += (logits.detach().argmax(1) == hard).sum()
         if (step + 1) % ctx.log_every_n_steps == 0:
             mean_loss = (loss_sum / seen).item()
-            if not math.isfinite(mean_loss):
+            if not distributed.all_ok(math.isfinite(mean_loss)):  # every rank stops together
                 raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}, step {step}")
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
     if seen == 0:
         raise RuntimeError("the training loader produced no batch (is the training split empty?)")
-    mean_loss = (loss_sum / seen).item()
-    if not math.isfinite(mean_loss):
+    # Under DDP: the mean over ranks (equal shards), the same figure on every rank.
+    means = distributed.mean_over_ranks(
+        {"loss": (loss_sum / seen).item(), "accuracy": (correct / seen).item()}
+    )
+    if not math.isfinite(means["loss"]):
         raise NonFiniteLossError(f"non-finite training loss at epoch {epoch}")
-    return {"loss": mean_loss, "accuracy": (correct / seen).item()}
+    return means
 
 
 @torch.inference_mode()

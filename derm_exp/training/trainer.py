@@ -9,10 +9,9 @@ tests call it without Hydra.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -22,23 +21,23 @@ from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 
 from derm_exp.data.metadata import CLASSES
+from derm_exp.data.sampling import epoch_seed
 from derm_exp.data.splits import save_splits
-from derm_exp.models.checkpoint import checkpoint_meta, copy_checkpoint, save_checkpoint
+from derm_exp.models.checkpoint import checkpoint_meta, copy_checkpoint
 from derm_exp.models.classifier import build_model
 from derm_exp.runtime import Precision, resolve_device, resolve_precision, seed_everything
 from derm_exp.tracking.choices import config_choices
 from derm_exp.tracking.mlflow_run import redact_config, run_url_hint, setup_experiment
+from derm_exp.training import distributed, epoch_end
 from derm_exp.training import resume as resume_mod
 from derm_exp.training.data_setup import (
-    Loaders,
     build_loaders,
     data_fingerprint,
-    skipped_images,
     split_frame,
 )
 from derm_exp.training.epoch_validation import validate_epoch
 from derm_exp.training.final_report import final_report, report_skipped_images
-from derm_exp.training.hooks import run_epoch_end_hooks
+from derm_exp.training.hooks import TrialPruned
 from derm_exp.training.loop import (
     StepContext,
     check_finite_weights,
@@ -48,71 +47,50 @@ from derm_exp.training.loop import (
 from derm_exp.training.losses import build_criterion, loss_class_weights
 from derm_exp.training.mixing import build_mixup
 from derm_exp.training.registration import register_best_model
-from derm_exp.training.rng import rng_state, set_rng_state
+from derm_exp.training.rng import set_rng_state
+from derm_exp.training.run_parts import Run, RunState, TrainParts
 from derm_exp.training.run_tracking import CheckpointPaths, log_run_start, open_run, run_outcome
-from derm_exp.training.selection import Score, is_better
+from derm_exp.training.selection import Score
 from derm_exp.training.stages import StageOptimizers, StageStep
 from derm_exp.training.validate import validate_config, validate_model
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunState:
-    """Everything that changes from epoch to epoch (and is restored on resume)."""
-
-    epoch: int = 0  # next epoch to run (0-based)
-    best: Score | None = None
-    stale_epochs: int = 0
-    elapsed: float = 0.0
-    history: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
-
-
-@dataclass
-class TrainParts:
-    """What the epochs train with, as :func:`build_parts` sets it up."""
-
-    model: torch.nn.Module  # the weights that are trained, validated and saved
-    train_model: torch.nn.Module  # the same module, torch.compile'd when trainer.compile asks
-    criterion: torch.nn.Module
-    mixup: Callable | None
-    ema: ModelEmaV3 | None
-    ctx: StepContext
-    scaler: torch.amp.GradScaler | None
-
-
-@dataclass
-class Run:
-    """A run's fixed parts, set up once by :func:`set_up_run` and shared by the steps."""
-
-    cfg: DictConfig
-    output_dir: Path
-    loaders: Loaders
-    parts: TrainParts
-    meta: dict  # checkpoint metadata (checkpoint_meta); its run_id is set once the run is open
-    paths: CheckpointPaths
-    split_paths: list[Path]
-    resumed: resume_mod.Resumed | None
-
-
 def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = None) -> float:
-    """Train as configured, log to MLflow, and return the best validation ``cfg.objective``."""
-    resumed = resume_mod.load_for_resume(cfg, overrides or []) if cfg.resume else None
+    """Train as configured, log to MLflow, and return the best validation ``cfg.objective``.
+
+    Under DDP (see :mod:`.distributed`) every rank trains; rank 0 alone touches the tracking
+    store and writes outputs, and the other ranks return NaN once the epochs are done.
+    """
+    resumed = None
+    if cfg.resume and distributed.is_main():
+        resumed = resume_mod.load_for_resume(cfg, overrides or [])
+    resumed = distributed.broadcast_saved(resumed)
     if resumed is not None:
         cfg = resumed.config
     validate_config(cfg)  # every setting, before any work
     seed_everything(int(cfg.seed), bool(cfg.deterministic))
-    device = resolve_device(cfg.device)
+    device = distributed.local_device(resolve_device(cfg.device))
     precision = resolve_precision(cfg.trainer.amp, device)
     t = cfg.tracking
-    experiment_id = setup_experiment(t.uri, t.experiment_name, t.artifact_root)
-    if resumed is not None:
-        done = resume_mod.finish_if_done(cfg, resumed)  # a FINISHED run is not trained again
-        if done is not None:
-            return done
+    experiment_id = None
+    done = None
+    if distributed.is_main():
+        experiment_id = setup_experiment(t.uri, t.experiment_name, t.artifact_root)
+        if resumed is not None:  # a FINISHED run is not trained again
+            done = resume_mod.finish_if_done(cfg, resumed)
+    done = distributed.broadcast(done)
+    if done is not None:
+        return done
 
+    if resumed is not None:
+        _warn_if_world_size_changed(resumed.checkpoint)
     run = set_up_run(cfg, Path(output_dir), resumed, device, precision)
     state = restore_state(run.parts, resumed.checkpoint) if resumed else RunState()
+    if not distributed.is_main():
+        train_epochs(run, state)
+        return math.nan  # rank 0 evaluates, reports and returns the objective
     run_id = open_run(cfg, experiment_id, run.meta["choices"], resumed.run_id if resumed else None)
     with run_outcome(cfg, run_id, run.paths) as outcome:
         run.meta["run_id"] = run_id
@@ -125,6 +103,14 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
             resumed=resumed is not None,
             start_epoch=state.epoch,
         )
+        if distributed.is_distributed():
+            world = distributed.world_size()
+            mlflow.set_tags(
+                {
+                    "derm_exp.ddp_world_size": world,
+                    "derm_exp.global_batch_size": int(cfg.data.batch_size) * world,
+                }
+            )
         train_epochs(run, state)
         result = evaluate_best(run, state)
         if cfg.registry.enabled:
@@ -146,17 +132,28 @@ def set_up_run(
 ) -> Run:
     """Split the data (saved as CSVs), build the model, loaders and training parts, and the
     checkpoint metadata; a resumed run's checkpoints are copied into the new output folder."""
-    frame = split_frame(cfg.data)
+    main = distributed.is_main()
+    with distributed.main_first():  # rank 0 creates the demo data and image cache alone
+        frame = split_frame(cfg.data)
     fingerprint = data_fingerprint(frame)
     if resumed is not None:
         resume_mod.check_same_data(resumed, fingerprint)
-    split_paths = save_splits(frame, output_dir / "splits")
+    split_paths = save_splits(frame, output_dir / "splits") if main else []
     model = build_model(cfg.model, num_classes=len(CLASSES), image_size=cfg.data.image_size)
     validate_model(cfg, model)
-    loaders = build_loaders(frame, cfg.data, cfg.augment, model.data_config, device)
+    with distributed.main_first():
+        loaders = build_loaders(
+            frame,
+            cfg.data,
+            cfg.augment,
+            model.data_config,
+            device,
+            distributed.rank(),
+            distributed.world_size(),
+        )
     parts = build_parts(cfg, model, loaders.train_labels, device, precision)
     paths = CheckpointPaths.in_folder(output_dir)
-    if resumed is not None:
+    if resumed is not None and main:
         # The new output folder holds the run's whole state from the start: the best weights
         # found before the interruption, and a resumable checkpoint even if no epoch is left.
         for src, dst in ((resumed.checkpoint_path, paths.latest), (resumed.best_path, paths.best)):
@@ -189,6 +186,12 @@ def build_parts(
     model.to(device)
     if cfg.trainer.channels_last:
         model.to(memory_format=torch.channels_last)
+    if distributed.is_distributed() and cfg.trainer.get("sync_batchnorm", False):
+        if device.type == "cuda":
+            # In place for the BatchNorm children; the top module stays the same object.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif distributed.is_main():
+            log.warning("trainer.sync_batchnorm needs CUDA (torch's SyncBatchNorm): ignored")
     ema = None
     if cfg.trainer.ema.enabled:
         ema = ModelEmaV3(model, decay=cfg.trainer.ema.decay, use_warmup=cfg.trainer.ema.warmup)
@@ -201,13 +204,34 @@ def build_parts(
     )
     return TrainParts(
         model=model,
-        train_model=compile_for_training(model, cfg.trainer.get("compile", False)),
+        train_model=_training_module(cfg, model, device),
         criterion=criterion,
         mixup=build_mixup(cfg.augment, len(CLASSES)),
         ema=ema,
         ctx=ctx,
         scaler=torch.amp.GradScaler(device.type) if precision.use_scaler else None,
     )
+
+
+def _training_module(
+    cfg: DictConfig, model: torch.nn.Module, device: torch.device
+) -> torch.nn.Module:
+    """The module the training steps run: ``model`` in DDP when distributed, then compiled when
+    ``trainer.compile`` asks (DDP first, as torch recommends)."""
+    wrapped = distributed.wrap_ddp(model, device)
+    return compile_for_training(wrapped, cfg.trainer.get("compile", False))
+
+
+def _warn_if_world_size_changed(checkpoint: dict) -> None:
+    saved, now = int(checkpoint.get("world_size", 1)), distributed.world_size()
+    if saved != now and distributed.is_main():
+        log.warning(
+            "resuming a run trained with %d process(es) on %d: the weights, optimizer and "
+            "schedule continue, but each epoch's data order (and the global batch) changes, so "
+            "the run is not an exact continuation",
+            saved,
+            now,
+        )
 
 
 def restore_state(parts: TrainParts, ck: dict) -> RunState:
@@ -231,37 +255,59 @@ def restore_state(parts: TrainParts, ck: dict) -> RunState:
 
 def train_epochs(run: Run, state: RunState) -> None:
     """Train, validate (raw and EMA weights), record and checkpoint each epoch until the last,
-    early stopping or the time budget; a resumed run continues exactly where it stopped."""
+    early stopping or the time budget; a resumed run continues exactly where it stopped.
+
+    Under DDP every rank trains and validates its shard; rank 0 records, checkpoints and takes
+    the decision to stop (early stopping, time budget, pruning), which every rank follows.
+    """
     cfg, parts = run.cfg, run.parts
     resume = run.resumed.checkpoint if run.resumed is not None else None
     optimizers = StageOptimizers(cfg, parts.model, len(run.loaders.train), state.epoch, resume)
     if resume is not None:
         set_rng_state(resume["rng"])
+    trainable = _trainable(parts.model)
     for epoch in range(state.epoch, int(cfg.trainer.max_epochs)):
         started = time.monotonic()
         step = optimizers.for_epoch(epoch)
+        if distributed.is_distributed() and _trainable(parts.model) != trainable:
+            # DDP reduces the parameters that required gradients when it was built.
+            trainable = _trainable(parts.model)
+            parts.train_model = _training_module(cfg, parts.model, parts.ctx.device)
         train = _train_one_epoch(run, step, epoch)
         chosen, metrics = validate_epoch(cfg, parts.model, parts.ema, run.loaders, parts.ctx, epoch)
         lr = step.optimizer.param_groups[0]["lr"]
         row = {"train/loss": train["loss"], "train/accuracy": train["accuracy"], "lr": lr}
         row.update(metrics)
-        _record(run, state, epoch, row)
-        improved = _save_best(run, state, epoch, chosen)
         state.epoch = epoch + 1
         state.elapsed += time.monotonic() - started
-        _save_latest(run, state, epoch, step)
-        _log_epoch(cfg, epoch, train, metrics, chosen.weights, improved, started)
-        run_epoch_end_hooks(epoch + 1, row)
-        if _should_stop(cfg, state, epoch):
+        decision = None
+        if distributed.is_main():
+            epoch_end.record_epoch(run, state, epoch, row)
+            improved = epoch_end.save_best(run, state, epoch, chosen)
+            epoch_end.save_latest(run, state, epoch, step)
+            epoch_end.log_epoch(cfg, epoch, train, metrics, chosen.weights, improved, started)
+            decision = epoch_end.end_of_epoch(cfg, state, epoch, row)
+        decision = distributed.broadcast(decision)
+        if isinstance(decision, TrialPruned):
+            if distributed.is_main():
+                raise decision
+            return
+        if decision is not None:
             break
+
+
+def _trainable(model: torch.nn.Module) -> tuple[bool, ...]:
+    return tuple(p.requires_grad for p in model.parameters())
 
 
 def _train_one_epoch(run: Run, step: StageStep, epoch: int) -> dict[str, float]:
     """One pass over the training split; the weights must stay finite."""
     cfg, p = run.cfg, run.parts
     # Reseed per epoch: an epoch's order and augmentation do not depend on earlier epochs.
-    run.loaders.generator.manual_seed(int(cfg.seed) * 100_003 + epoch)
-    torch.manual_seed(int(cfg.seed) * 7_919 + epoch)
+    # Every DDP rank draws the same global order and trains on its slice of it.
+    run.loaders.generator.manual_seed(epoch_seed(int(cfg.seed), epoch))
+    # Augmentation and mixup/cutmix draw their own stream on each rank (rank 0's = one process's).
+    torch.manual_seed(int(cfg.seed) * 7_919 + epoch + 1_000_003 * distributed.rank())
     train = train_one_epoch(
         p.train_model,
         run.loaders.train,
@@ -276,94 +322,12 @@ def _train_one_epoch(run: Run, step: StageStep, epoch: int) -> dict[str, float]:
         ema=p.ema,
         desc=f"epoch {epoch + 1}/{cfg.trainer.max_epochs}",
     )
+    # Under DDP every rank validates rank 0's weights (BatchNorm statistics drift per rank).
+    distributed.sync_from_main(p.model)
+    if p.ema is not None:
+        distributed.sync_from_main(p.ema.module)
     check_finite_weights(p.model, epoch + 1)  # never score or save NaN weights
     return train
-
-
-def _record(run: Run, state: RunState, epoch: int, row: dict[str, float]) -> None:
-    """Log the epoch's metrics to MLflow and append them to the history."""
-    skipped = float(len(skipped_images(run.loaders)))
-    mlflow.log_metrics({**row, "data/skipped_images": skipped}, step=epoch + 1)
-    for k, v in row.items():
-        state.history[k].append(float(v))
-    state.history["epoch"].append(float(epoch + 1))
-
-
-def _save_best(run: Run, state: RunState, epoch: int, chosen: Score) -> bool:
-    """Write ``checkpoint_best.pt`` when ``chosen`` beats the best so far; count stale epochs."""
-    if not is_better(chosen, state.best, run.cfg.trainer.monitor_mode):
-        state.stale_epochs += 1
-        return False
-    state.best, state.stale_epochs = chosen, 0
-    p = run.parts
-    weights = p.ema.module if chosen.weights == "ema" else p.model
-    best = {"model": weights.state_dict(), "weights": chosen.weights, "epoch": epoch}
-    save_checkpoint({**run.meta, "kind": "best", **best, "best": chosen.as_dict()}, run.paths.best)
-    return True
-
-
-def _save_latest(run: Run, state: RunState, epoch: int, step: StageStep) -> None:
-    """Write ``checkpoint_latest.pt``: everything needed to resume after this epoch."""
-    p = run.parts
-    latest = {
-        "kind": "latest",
-        "model": p.model.state_dict(),
-        "ema": p.ema.state_dict() if p.ema else None,
-        "optimizer": step.optimizer.state_dict(),
-        "scaler": p.scaler.state_dict() if p.scaler else None,
-        "stage": step.stage,
-        "epoch": epoch,
-        "best": state.best.as_dict(),
-        "stale_epochs": state.stale_epochs,
-        "elapsed": state.elapsed,
-        "history": dict(state.history),
-        "rng": rng_state(),
-    }
-    save_checkpoint({**run.meta, **latest}, run.paths.latest)
-
-
-def _log_epoch(
-    cfg: DictConfig,
-    epoch: int,
-    train: dict[str, float],
-    metrics: dict[str, float],
-    weights: str,
-    improved: bool,
-    started: float,
-) -> None:
-    auc = metrics.get("val/macro_auc")
-    log.info(
-        "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f bal.acc %.3f macro-F1 %.3f "
-        "AUC %s [%s]%s  %.0fs",
-        epoch + 1,
-        int(cfg.trainer.max_epochs),
-        train["loss"],
-        train["accuracy"],
-        metrics["val/loss"],
-        metrics["val/balanced_accuracy"],
-        metrics["val/macro_f1"],
-        "n/a" if auc is None else f"{auc:.3f}",
-        weights,
-        "  *best*" if improved else "",
-        time.monotonic() - started,
-    )
-
-
-def _should_stop(cfg: DictConfig, state: RunState, epoch: int) -> bool:
-    """Early stopping (``trainer.early_stopping_patience``) or the time budget: the next epoch,
-    at the mean epoch time so far, would end past ``trainer.max_time_minutes``."""
-    trainer = cfg.trainer
-    if state.stale_epochs >= int(trainer.early_stopping_patience):
-        log.info(
-            "early stopping: %s has not improved for %d epochs", trainer.monitor, state.stale_epochs
-        )
-        return True
-    budget = trainer.max_time_minutes * 60 if trainer.max_time_minutes else None
-    if budget is not None and state.elapsed + state.elapsed / state.epoch > budget:
-        log.info("time budget of %.1f min reached after epoch %d", budget / 60, epoch + 1)
-        mlflow.set_tag("derm_exp.stopped_by", "time_budget")
-        return True
-    return False
 
 
 # --- final report -----------------------------------------------------------------------------

@@ -41,6 +41,7 @@ _NUMBERS: tuple[tuple[str, bool, bool], ...] = (
     ("trainer.log_every_n_steps", True, False),
     ("trainer.grad_clip_norm", False, True),
     ("trainer.ema.decay", False, False),
+    ("trainer.ddp_timeout_s", False, True),
     ("evaluation.n_boot", True, False),
 )
 _CHOICES: tuple[tuple[str, tuple[Any, ...]], ...] = (
@@ -136,6 +137,10 @@ def validate_config(cfg: DictConfig) -> None:
     check(
         t.grad_clip_norm is None or t.grad_clip_norm > 0,
         f"trainer.grad_clip_norm={t.grad_clip_norm} must be > 0 or null",
+    )
+    check(
+        t.get("ddp_timeout_s") is None or t.ddp_timeout_s > 0,
+        f"trainer.ddp_timeout_s={t.get('ddp_timeout_s')} must be > 0 seconds",
     )
     check(cfg.evaluation.n_boot >= 0, f"evaluation.n_boot={cfg.evaluation.n_boot} must be >= 0")
     problems += _end_of_run_problems(cfg)

@@ -1,0 +1,190 @@
+"""Multi-process (DDP) plumbing for ``torchrun --nproc_per_node=N -m derm_exp.train``.
+
+torch.distributed does the work (``gloo`` on CPU, ``nccl`` on CUDA); this module only names
+what the trainer needs: init/teardown from torchrun's environment, rank and world size,
+:func:`is_main`, a rank-0 decision broadcast to every rank, rank-0-first sections, and exact
+gathering of sharded evaluation outputs. With ``WORLD_SIZE`` unset or 1 nothing is initialised
+and every helper is a no-op, so single-process training is unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+def env_world_size() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 when absent)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def env_rank() -> int:
+    """``RANK`` as torchrun sets it (0 when absent)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_distributed() -> bool:
+    """True once a process group with more than one rank is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """Rank 0 (or the only process): the one that tracks, logs and writes outputs."""
+    return rank() == 0
+
+
+def init(device: torch.device, timeout_s: float) -> torch.device:
+    """Join torchrun's process group when ``WORLD_SIZE > 1``; return the device to train on
+    (``cuda:<LOCAL_RANK>`` on CUDA). A rank that waits longer than ``timeout_s`` in a
+    collective (a peer died) fails instead of hanging."""
+    if env_world_size() <= 1 or is_distributed():
+        return device
+    backend = "gloo"
+    if device.type == "cuda":
+        backend = "nccl"
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group(
+        backend,
+        timeout=datetime.timedelta(seconds=float(timeout_s)),
+        device_id=device if device.type == "cuda" else None,
+    )
+    log.info("DDP: rank %d of %d (%s, %s)", rank(), world_size(), backend, device)
+    return device
+
+
+def local_device(device: torch.device) -> torch.device:
+    """This rank's CUDA device (``cuda:<LOCAL_RANK>``) under DDP; ``device`` otherwise."""
+    if is_distributed() and device.type == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def teardown() -> None:
+    """Leave the process group (no-op when none was joined)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast(obj: Any, src: int = 0) -> Any:
+    """``obj`` as rank ``src`` has it, on every rank (picklable objects; no-op alone)."""
+    if not is_distributed():
+        return obj
+    box = [obj if rank() == src else None]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def broadcast_saved(obj: Any, src: int = 0) -> Any:
+    """:func:`broadcast` for objects holding tensors (a loaded checkpoint, memory-mapped or not):
+    sent in ``torch.save`` form, which pickles tensor storages that plain pickling cannot."""
+    if not is_distributed():
+        return obj
+    data = None
+    if rank() == src:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        data = buf.getvalue()
+    data = broadcast(data, src)
+    return torch.load(io.BytesIO(data), weights_only=False)  # our own rank 0's object
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on rank 0 first, then on the others: for work that creates shared files
+    (the generated demo dataset, the decoded-image cache), so ranks never race to create them."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
+
+
+def all_ok(ok: bool) -> bool:
+    """True when ``ok`` holds on every rank (a NaN loss on one rank stops all of them)."""
+    if not is_distributed():
+        return ok
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int64, device=_collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item()) == 0
+
+
+def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """The mean of each value over ranks (equal-sized shards: the global mean)."""
+    if not is_distributed():
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t)
+    return {k: float(v) / world_size() for k, v in zip(keys, t.tolist(), strict=True)}
+
+
+def gather_shards(*arrays: np.ndarray, axis: int = 0) -> tuple[np.ndarray, ...]:
+    """Concatenate every rank's arrays in rank order: with contiguous, unpadded shards
+    (:class:`derm_exp.data.sampling.ShardSampler`) that is the single-process order."""
+    if not is_distributed():
+        return arrays
+    parts: list[Any] = [None] * world_size()
+    dist.all_gather_object(parts, arrays)
+    return tuple(np.concatenate([p[i] for p in parts], axis=axis) for i in range(len(arrays)))
+
+
+def sync_from_main(module: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers into ``module`` on every rank.
+
+    DDP keeps parameters equal, but BatchNorm running statistics (and EMA copies of them) drift
+    per rank; validation shards must all score rank 0's weights, the ones that are saved.
+    """
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for tensor in module.state_dict().values():
+            if torch.is_tensor(tensor):
+                dist.broadcast(tensor, src=0)
+
+
+def _collective_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel when distributed (itself otherwise). Built over the
+    parameters that currently require gradients: rewrap when a training stage (un)freezes."""
+    if not is_distributed():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under torch.compile (``_orig_mod``) and DDP (``module``) wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
