@@ -345,7 +345,9 @@ def evaluate_best(run: Run, state: RunState) -> dict:
 
 
 def _print_summary(cfg: DictConfig, run_id: str, state: RunState, result: dict) -> None:
-    print(f"\nMLflow run id: {run_id}\n  {run_url_hint(run_id)}  (start the UI with `make ui`)")
+    local = not str(cfg.tracking.uri).startswith(("http://", "https://"))
+    hint = "  (start the UI with `make ui`)" if local else ""  # a server serves its own UI
+    print(f"\nMLflow run id: {run_id}\n  {run_url_hint(run_id)}{hint}")
     print(
         f"  best {cfg.trainer.monitor} = {state.best.value:.4f} "
         f"(epoch {state.best.epoch + 1}, {state.best.weights} weights); "
