@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-from derm_exp.training.checkpoint import load_checkpoint
 from mlflow.tracking import MlflowClient
 
+from derm_exp.models.checkpoint import load_checkpoint
 from tests.server.helpers import Server, cli_env, demo_args, run_module
 
 pytestmark = pytest.mark.slow
