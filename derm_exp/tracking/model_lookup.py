@@ -148,11 +148,12 @@ def model_dir(
         dst.mkdir(parents=True, exist_ok=True)
         with quiet_artifact_progress():
             return Path(
+                # the version's own location (e.g. mlflow-artifacts:/... on a server): a models:/
+                # URI would be looked up in MLflow's global registry, not in ``tracking_uri``
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=uri,
+                    artifact_uri=location,
                     dst_path=str(dst),
-                    tracking_uri=tracking_uri,
-                    registry_uri=tracking_uri,
+                    tracking_uri=tracking_uri or mlflow.get_tracking_uri(),
                 )
             )
     except MlflowException as exc:

@@ -105,7 +105,7 @@ def broadcast_saved(obj: Any, src: int = 0) -> Any:
         torch.save(obj, buf)
         data = buf.getvalue()
     data = broadcast(data, src)
-    return torch.load(io.BytesIO(data), weights_only=False)  # our own rank 0's object
+    return torch.load(io.BytesIO(data), weights_only=True)  # tensors and containers only
 
 
 def barrier() -> None:

@@ -20,7 +20,14 @@ from derm_exp.config import PROJECT_ROOT
 def ui_command(port: int) -> str:
     """The ``make ui`` recipe as make would run it, with this interpreter's bin folder."""
     out = subprocess.run(
-        ["make", "-n", "ui", f"BIN={Path(sys.executable).parent}", f"UI_PORT={port}"],
+        [
+            "make",
+            "--no-print-directory",
+            "-n",
+            "ui",
+            f"BIN={Path(sys.executable).parent}",
+            f"UI_PORT={port}",
+        ],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,

@@ -244,16 +244,17 @@ def test_artifact_store_failure_keeps_state_and_resume_finishes(
 def test_failed_checkpoint_write_during_training_is_a_clear_error(
     rel_cfg: DictConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import derm_exp.training.epoch_end as epoch_end
     import derm_exp.training.trainer as trainer
 
-    real = trainer.save_checkpoint
+    real = epoch_end.save_checkpoint  # the per-epoch checkpoint writes live in epoch_end
 
     def save(state, path):
         if state["epoch"] == 1:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(state, path)
 
-    monkeypatch.setattr(trainer, "save_checkpoint", save)
+    monkeypatch.setattr(epoch_end, "save_checkpoint", save)
     latest = tmp_path / "out" / "checkpoint_latest.pt"
     with pytest.raises(StorageError, match=f"last good checkpoint {latest}"):
         trainer.fit(rel_cfg, tmp_path / "out")
