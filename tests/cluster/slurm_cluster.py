@@ -7,10 +7,10 @@ proctrack/linuxproc, task/none, select/cons_tres with CR_Core_Memory, one node w
 machine's CPUs and ~90 % of its memory, no cgroup.conf. The daemons run in the foreground as
 children of the test process and are stopped (SIGTERM, then SIGKILL) at the end.
 
-There is no slurmdbd (it needs a MySQL server): job states come from the job completion log
-(``JobCompType=jobcomp/filetxt``), which ``sacct -c`` reads. submitit asks plain ``sacct`` for
-finished jobs' states, so :func:`SlurmCluster.env` puts a one-line ``sacct`` on ``PATH`` that
-adds ``-c`` (on a real cluster, accounting answers plain ``sacct``).
+There is no slurmdbd (it needs a MySQL server), so no accounting: submitit asks ``sacct`` for the
+state of jobs that ended without a result (cancelled, killed), and :func:`SlurmCluster.env` puts
+:mod:`tests.cluster.sacct_shim` first on ``PATH`` as ``sacct``, which answers from the
+controller's job records (kept 600 s after a job ends). On a real cluster accounting answers.
 """
 
 from __future__ import annotations
@@ -182,8 +182,6 @@ class SlurmCluster:
             "SchedulerType=sched/backfill",
             "AccountingStorageType=accounting_storage/none",
             "JobAcctGatherType=jobacct_gather/none",
-            "JobCompType=jobcomp/filetxt",
-            f"JobCompLoc={b / 'log' / 'jobcomp.log'}",
             "MinJobAge=600",
             "KillWait=5",
             "InactiveLimit=0",
@@ -194,11 +192,11 @@ class SlurmCluster:
         self.conf.write_text("\n".join(lines) + "\n")
 
     def _write_sacct(self) -> None:
-        """``sacct`` -> ``sacct -c`` (job completion log): see the module docstring."""
+        """``sacct`` answered from ``scontrol show job``: see the module docstring."""
         folder = self.base / "bin"
         folder.mkdir()
         shim = folder / "sacct"
-        shim.write_text(f'#!/bin/sh\nexec {_program("sacct")} -c "$@"\n')
+        shutil.copy(Path(__file__).with_name("sacct_shim.py"), shim)
         shim.chmod(0o755)
 
     def _wait_idle(self, timeout: float) -> None:
