@@ -246,6 +246,12 @@ class DermOptunaSweeper(Sweeper):
     def _trial_failed(self, trial: Any, error: BaseException | None) -> float:
         """Log why the trial failed; NaN makes Optuna record it as FAIL and go on."""
         self._failures_in_a_row += 1
+        if self._study_run is not None:
+            # a job killed from outside (scancel, time limit) left its MLflow run RUNNING
+            try:
+                self._study_run.end_dead_trial(trial.number)
+            except Exception as exc:  # tracking is a convenience here: never lose a trial
+                log.warning("could not mark trial %d's MLflow run FAILED: %s", trial.number, exc)
         if isinstance(error, SystemExit):
             reason = f"the job exited with code {error.code} (its message is printed above)"
         else:
