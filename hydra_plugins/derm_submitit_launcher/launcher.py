@@ -85,6 +85,7 @@ class _Tolerant:
         from omegaconf import OmegaConf
 
         assert self.config is not None and len(job_overrides) > 0
+        _refuse_multi_task(self.params)
         init_keys = {"submitit_folder", "max_num_timeout"}
         executor = submitit.AutoExecutor(
             cluster=self._EXECUTOR,
@@ -131,6 +132,21 @@ class _Tolerant:
             )
             sys.exit(1)
         return returns
+
+
+def _refuse_multi_task(params: dict[str, Any]) -> None:
+    """Several tasks per job would each run the whole training into the same folder: DDP through
+    the launcher is not done (README "Sweeps on a SLURM cluster")."""
+    tasks, nodes = int(params.get("tasks_per_node") or 1), int(params.get("nodes") or 1)
+    if tasks > 1 or nodes > 1:
+        print(
+            f"error: hydra.launcher.tasks_per_node={tasks} nodes={nodes}: each job trains one "
+            "process (one GPU); every extra task would run the same training into the same "
+            "folder. Multi-GPU DDP through the launcher is not supported: set both to 1, or "
+            "run torchrun in your own sbatch script",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def _sweeper_records_failures(config: Any) -> bool:

@@ -43,3 +43,22 @@ def test_one_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
     # each job ran as its own submitit process, with its own log folder
     jobs = [p for p in (tmp_path / "multirun" / ".submitit").iterdir() if p.name.isdigit()]
     assert len(jobs) == 2
+
+
+def test_several_tasks_per_job_are_refused_before_any_job(tmp_path: Path) -> None:
+    """DDP through the launcher is not done: every task would run the same training."""
+    result = train(
+        [
+            "-m",
+            "experiment=demo",
+            "seed=1",
+            "hydra/launcher=submitit_local",
+            "hydra.launcher.tasks_per_node=2",
+            *sweep_args(tmp_path, tmp_path / "demo"),
+        ],
+        tmp_path,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "error: hydra.launcher.tasks_per_node=2 nodes=1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "multirun" / ".submitit").exists()
