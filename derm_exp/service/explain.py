@@ -1,0 +1,65 @@
+"""Heat maps for ``POST /predict`` with ``explain=true``: the explanation as a base64 PNG.
+
+Research and education only; not a medical device.
+
+The map comes from :func:`derm_exp.explanations.explain_image` (Grad-CAM by default) for the
+predicted class; it is coloured (matplotlib's ``jet``) with an alpha channel and sized like the
+upload (at most ``MAX_SIDE`` pixels a side), so the web page lays it over the image and lets an
+opacity slider blend the two. An ensemble is explained through its first member.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from derm_exp.inference.predictor import SkinLesionPredictor
+from derm_exp.service.limits import RequestError
+
+MAX_SIDE = 512
+
+
+def explanations_available() -> bool:
+    """Whether :mod:`derm_exp.explanations` is part of this installation."""
+    import importlib.util
+
+    return importlib.util.find_spec("derm_exp.explanations") is not None
+
+
+def explain(
+    model: Any, image: Image.Image, method: str, target: str | None = None
+) -> dict[str, Any]:
+    """``{method, target_class, member, heatmap_png}`` for one RGB image (runs the model)."""
+    if not explanations_available():
+        raise RequestError(501, "explanations are not available in this installation")
+    from derm_exp.explanations import explain_image
+
+    predictor: SkinLesionPredictor = model.predictors[0] if hasattr(model, "predictors") else model
+    member = model.members[0].name if hasattr(model, "members") else None
+    result = explain_image(predictor, image, method=method, target=target)
+    return {
+        "method": result.method,
+        "target_class": result.target_class,
+        "member": member,
+        "heatmap_png": heatmap_png(np.asarray(result.heatmap, dtype=np.float64), image.size),
+    }
+
+
+def heatmap_png(heatmap: np.ndarray, size: tuple[int, int]) -> str:
+    """A (H, W) map in [0, 1] as a ``data:image/png;base64,...`` RGBA image of ``size``."""
+    from matplotlib import colormaps
+
+    scale = min(1.0, MAX_SIDE / max(size))
+    out_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    values = np.clip(np.nan_to_num(heatmap, nan=0.0), 0.0, 1.0)
+    gray = Image.fromarray(np.rint(values * 255).astype(np.uint8)).resize(
+        out_size, Image.Resampling.BILINEAR
+    )
+    rgba = colormaps["jet"](np.asarray(gray, dtype=np.float64) / 255.0)
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(rgba * 255).astype(np.uint8), "RGBA").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
