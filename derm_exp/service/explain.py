@@ -3,9 +3,10 @@
 Research and education only; not a medical device.
 
 The map comes from :func:`derm_exp.explanations.explain_image` (Grad-CAM by default) for the
-predicted class; it is coloured (matplotlib's ``jet``) with an alpha channel and sized like the
-upload (at most ``MAX_SIDE`` pixels a side), so the web page lays it over the image and lets an
-opacity slider blend the two. An ensemble is explained through its first member.
+predicted class. It covers the centre crop the model sees; the PNG is sized like the upload (at
+most ``MAX_SIDE`` pixels a side) with the coloured map (matplotlib's ``jet``) placed on that
+crop and transparent elsewhere, so the web page lays it over the whole image and an opacity
+slider blends the two. An ensemble is explained through its first member.
 """
 
 from __future__ import annotations
@@ -40,26 +41,36 @@ def explain(
 
     predictor: SkinLesionPredictor = model.predictors[0] if hasattr(model, "predictors") else model
     member = model.members[0].name if hasattr(model, "members") else None
+    from derm_exp.explanations.overlay import input_box
+
     result = explain_image(predictor, image, method=method, target=target)
+    box = input_box(image.size, predictor.data_config)
+    heatmap = np.asarray(result.heatmap, dtype=np.float64)
     return {
         "method": result.method,
         "target_class": result.target_class,
         "member": member,
-        "heatmap_png": heatmap_png(np.asarray(result.heatmap, dtype=np.float64), image.size),
+        "heatmap_png": heatmap_png(heatmap, image.size, box),
     }
 
 
-def heatmap_png(heatmap: np.ndarray, size: tuple[int, int]) -> str:
-    """A (H, W) map in [0, 1] as a ``data:image/png;base64,...`` RGBA image of ``size``."""
+def heatmap_png(
+    heatmap: np.ndarray, size: tuple[int, int], box: tuple[int, int, int, int] | None = None
+) -> str:
+    """A (H, W) map in [0, 1] as a ``data:image/png;base64,...`` RGBA image of ``size`` (W, H),
+    the map stretched over ``box`` (left, top, right, bottom; None: the whole image)."""
     from matplotlib import colormaps
 
     scale = min(1.0, MAX_SIDE / max(size))
-    out_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+    box = box or (0, 0, size[0], size[1])
+    left, top, right, bottom = (round(v * scale) for v in box)
+    canvas = Image.new("RGBA", (max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
     values = np.clip(np.nan_to_num(heatmap, nan=0.0), 0.0, 1.0)
     gray = Image.fromarray(np.rint(values * 255).astype(np.uint8)).resize(
-        out_size, Image.Resampling.BILINEAR
+        (max(1, right - left), max(1, bottom - top)), Image.Resampling.BILINEAR
     )
     rgba = colormaps["jet"](np.asarray(gray, dtype=np.float64) / 255.0)
+    canvas.paste(Image.fromarray(np.rint(rgba * 255).astype(np.uint8), "RGBA"), (left, top))
     buffer = io.BytesIO()
-    Image.fromarray(np.rint(rgba * 255).astype(np.uint8), "RGBA").save(buffer, format="PNG")
+    canvas.save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
