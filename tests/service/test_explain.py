@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from derm_exp.service.explain import MAX_SIDE, heatmap_png
+from tests.service.conftest import jpeg_part
 
 
 def _decode(data_url: str) -> Image.Image:
@@ -31,3 +33,16 @@ def test_heatmap_png_covers_the_crop_and_is_transparent_elsewhere() -> None:
 def test_heatmap_png_of_a_large_image_is_at_most_max_side() -> None:
     png = _decode(heatmap_png(np.zeros((8, 8)), (4000, 3000)))
     assert png.size == (MAX_SIDE, 384)
+
+
+def test_predict_with_explain_returns_the_heat_map(client, images: list[Path]) -> None:
+    response = client.post("/predict", files=jpeg_part(images[0]), data={"explain": "true"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "explanation_error" not in body, body.get("explanation_error")
+    explanation = body["explanation"]
+    assert explanation["method"] == "gradcam"
+    assert explanation["target_class"] == body["predicted_class"]
+    png = _decode(explanation["heatmap_png"])
+    assert png.size == (64, 48) and png.mode == "RGBA"
+    assert np.asarray(png)[..., 3].max() == 255
