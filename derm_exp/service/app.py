@@ -39,6 +39,7 @@ from derm_exp.service.model_card import model_card
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 TTA_HELP = ", ".join(tta_modes())
+ARRIVAL = "derm_exp.arrival"  # the request's batching.Arrival in the ASGI scope
 
 
 @dataclass(frozen=True)
@@ -72,10 +73,28 @@ def create_app(loaded: PredictionModel, settings: ServiceSettings | None = None)
     )
     app.state.batcher, app.state.loaded, app.state.settings = batcher, loaded, settings
     app.add_middleware(BodySizeLimit, limits=settings.limits)
+    app.add_middleware(CountArrivals, batcher=batcher)
     _add_error_handlers(app)
     _add_routes(app, loaded, settings, batcher, card)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+class CountArrivals:
+    """ASGI middleware: a ``POST /predict`` counts as arriving (the batcher waits for it) from
+    its first byte until it is submitted or refused."""
+
+    def __init__(self, app: Any, batcher: MicroBatcher) -> None:
+        self.app = app
+        self.batcher = batcher
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") != "/predict":
+            await self.app(scope, receive, send)
+            return
+        with self.batcher.arriving() as arrival:
+            scope[ARRIVAL] = arrival
+            await self.app(scope, receive, send)
 
 
 def _predict(loaded: PredictionModel, images: list[Any], tta: str) -> list[dict[str, Any]]:
@@ -113,6 +132,7 @@ def _add_routes(
 
     @app.post("/predict", summary="Class probabilities for one image (multipart upload)")
     async def predict(
+        request: Request,
         image: Annotated[UploadFile, File(description="A JPEG, PNG, WebP, BMP or TIFF image")],
         tta: Annotated[str, Form(description=f"Test-time augmentation: {TTA_HELP}")] = "none",
         explain: Annotated[bool, Form(description="Also return a heat map (base64 PNG)")] = False,
@@ -123,7 +143,8 @@ def _add_routes(
             SkinLesionPredictor.tta_preset(tta)  # unknown mode -> 422 before queueing
         data = await image.read()
         pil = await asyncio.to_thread(decode_upload, data, limits)
-        result = await _run(batcher.submit(pil, tta, limits.request_timeout_s))
+        arrival = request.scope.get(ARRIVAL)
+        result = await _run(batcher.submit(pil, tta, limits.request_timeout_s, arrival))
         out: dict[str, Any] = {**result, "image": {"width": pil.width, "height": pil.height}}
         if explain:
             try:

@@ -3,7 +3,9 @@
 Research and education only; not a medical device.
 
 Requests wait in a bounded :class:`asyncio.Queue`; one collector task takes the first waiting
-request, then whatever else arrives within ``max_wait_ms`` (up to ``max_batch`` images), and
+request, then whatever else is queued and, while other uploads are still being received and
+decoded (:meth:`MicroBatcher.arriving`), whatever arrives within ``max_wait_ms`` (up to
+``max_batch`` images): a lone request does not wait for company that is not coming. It
 hands the batch to a single worker thread that runs the model (one forward per TTA mode in the
 batch), so the event loop keeps accepting uploads meanwhile. While a batch runs, new requests
 queue up and form the next batch. ``enabled=False`` runs every request alone (``max_batch=1``,
@@ -18,8 +20,9 @@ across requests: neither FastAPI nor uvicorn batches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -73,6 +76,19 @@ class BatchStats:
         return dict(vars(self))
 
 
+class Arrival:
+    """One request on its way to :meth:`MicroBatcher.submit` (counted until closed)."""
+
+    def __init__(self, batcher: MicroBatcher) -> None:
+        self._batcher: MicroBatcher | None = batcher
+        batcher._arriving += 1
+
+    def close(self) -> None:
+        if self._batcher is not None:
+            self._batcher._arriving -= 1
+            self._batcher = None
+
+
 class MicroBatcher:
     """Collects requests into batches and runs ``predict`` on them in one worker thread."""
 
@@ -88,6 +104,18 @@ class MicroBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="derm-model")
         self._queue: asyncio.Queue[_Job] | None = None
         self._task: asyncio.Task | None = None
+        self._arriving = 0
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[Arrival]:
+        """Around a request that may submit an image (from before its body is read): while it
+        is open, the collector waits (up to ``max_wait_ms``) for it to join the batch being
+        formed. :meth:`submit` with this arrival closes it, as does leaving the block."""
+        arrival = Arrival(self)
+        try:
+            yield arrival
+        finally:
+            arrival.close()
 
     # -- life cycle (FastAPI lifespan) --------------------------------------------------------
     async def start(self) -> None:
@@ -101,10 +129,14 @@ class MicroBatcher:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     # -- requests -----------------------------------------------------------------------------
-    async def submit(self, image: Any, tta: str, timeout: float) -> dict[str, Any]:
+    async def submit(
+        self, image: Any, tta: str, timeout: float, arrival: Arrival | None = None
+    ) -> dict[str, Any]:
         """The prediction for one image; :class:`QueueFull` or :class:`TimeoutError`."""
         if self._queue is None:
             raise RuntimeError("MicroBatcher.start() was not called")
+        if arrival is not None:
+            arrival.close()
         job = _Job(image, tta, asyncio.get_running_loop().create_future())
         try:
             self._queue.put_nowait(job)
@@ -150,7 +182,7 @@ class MicroBatcher:
             except asyncio.QueueEmpty:
                 pass
             left = deadline - loop.time()
-            if left <= 0:
+            if left <= 0 or not self._arriving:
                 break
             try:
                 batch.append(await asyncio.wait_for(queue.get(), left))

@@ -41,6 +41,32 @@ def test_concurrent_submissions_share_batches_and_keep_their_own_answer() -> Non
     assert batcher.stats.requests == 20 and batcher.stats.batches == len(calls)
 
 
+def test_the_collector_waits_only_for_requests_on_their_way() -> None:
+    """A request being received (an open arrival) joins the batch; with none on its way a lone
+    request is run at once even under a long max_wait."""
+    calls: list[int] = []
+    batcher = MicroBatcher(_echo(calls), BatchSettings(max_batch=8, max_wait_ms=5000))
+
+    async def run() -> None:
+        await batcher.start()
+        try:
+            with batcher.arriving() as second:
+                first = asyncio.create_task(batcher.submit(1, "none", 30))
+                await asyncio.sleep(0.05)  # the collector holds 1, waiting for the arrival
+                assert calls == []
+                assert (await batcher.submit(2, "none", 30, second))["value"] == 2
+            assert (await first)["value"] == 1
+            assert calls == [2]
+            alone = asyncio.create_task(batcher.submit(3, "none", 30))
+            await asyncio.sleep(0.05)
+            assert calls == [2, 1]  # not kept waiting for 5 s
+            await alone
+        finally:
+            await batcher.stop()
+
+    asyncio.run(run())
+
+
 def test_disabled_batching_runs_one_request_per_call() -> None:
     calls: list[int] = []
     batcher = MicroBatcher(_echo(calls), BatchSettings(enabled=False))
