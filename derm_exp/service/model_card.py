@@ -43,7 +43,7 @@ def model_card(loaded: PredictionModel) -> dict[str, Any]:
             if loaded.is_ensemble
             else members[0]["temperature"],
         },
-        "abstention": members[0]["abstention"] if not loaded.is_ensemble else None,
+        "abstention": _policy(model, members),
         "disclaimer": DISCLAIMER,
     }
     if loaded.is_ensemble:
@@ -84,6 +84,15 @@ def _member_card(predictor: SkinLesionPredictor) -> dict[str, Any]:
         "temperature": float(predictor.temperature),
         "abstention": _abstention(ck),
     }
+
+
+def _policy(model: Any, members: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The abstention policy the predictor applies (selective prediction), else what the
+    checkpoint stores."""
+    policy = getattr(model, "abstention", None)
+    if policy is not None and hasattr(policy, "describe"):
+        return dict(policy.describe())
+    return members[0]["abstention"] if len(members) == 1 else None
 
 
 def _abstention(ck: dict[str, Any]) -> dict[str, Any] | None:

@@ -7,7 +7,7 @@ const REASONS = {
   low_confidence: "the model's confidence is below the abstention threshold",
   tta_disagreement: "the augmented views disagree",
   ensemble_disagreement: "the ensemble members disagree",
-  too_small: "the image is too small",
+  input_too_small: "the image is too small",
   extreme_aspect_ratio: "the image has an extreme aspect ratio",
   nearly_uniform: "the image is nearly uniform",
   not_colour: "the image is not in colour",
@@ -81,12 +81,17 @@ function render(file, r) {
 function renderDecision(r) {
   const el = $("decision");
   if (!r.decision) {
+    $("policy").textContent = "";
     el.className = "decision";
     el.textContent = "No abstention rule in this model: the class below is always given.";
     return;
   }
   el.className = "decision " + r.decision;
   const reasons = (r.reasons || []).map((code) => REASONS[code] || code);
+  const policy = r.abstention || {};
+  $("policy").textContent = policy.threshold != null
+    ? `abstains below confidence ${(100 * policy.threshold).toFixed(1)} % (${policy.source})`
+    : "no confidence threshold in this model; the input-quality and disagreement checks apply";
   el.textContent = r.decision === "abstain"
     ? "Not sure: the model abstains" + (reasons.length ? " because " + reasons.join("; ") : "") + "."
     : "The model answers" + (reasons.length ? " (" + reasons.join("; ") + ")" : "") + ".";
