@@ -45,6 +45,10 @@ def build_app(cfg: DictConfig):  # -> fastapi.FastAPI (imported lazily: --help s
         raise ConfigError(f"invalid serve settings: {exc}") from None
     if settings.batching.max_batch < 1 or settings.batching.queue_size < 1:
         raise ConfigError("batching.max_batch and batching.queue_size must be >= 1")
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     loaded = load_prediction_model(
         refs,
         None if cfg.group is None else str(cfg.group),

@@ -4,10 +4,12 @@ Research and education only; not a medical device.
 
 ``python -m derm_exp.perf.service_load model=<ref> [clients=1,8,32] [requests=160] ...``
 starts a real ``python -m derm_exp.serve`` process on a free loopback port for each batching
-setting (micro-batching on, then off: one request per forward), sends ``requests`` uploads of
-one image from ``c`` concurrent clients (a bounded load generator: ``c`` workers, one request
-each at a time, over ``c`` keep-alive connections) after an untimed warm-up, and reports
-requests/s, p50/p95 latency and the mean batch size the server formed (from ``/health``). With
+setting (micro-batching on, and off: one request per forward), warms both up, then sends
+``requests`` uploads of one image from ``c`` concurrent clients (a bounded load generator:
+``c`` workers, one request each at a time, over ``c`` keep-alive connections) to one server,
+then the other, for each client count, ``rounds`` times (interleaved, so a change in the
+machine's load hits both alike). It reports the median requests/s over the rounds, p50/p95
+latency over all of them and the mean batch size the server formed (from ``/health``). With
 ``explain=true`` it also times Grad-CAM in-process (median ms per image). The client shares the
 machine with the server: on a small CPU machine it takes part of the cores the model could use.
 Writes the figures as JSON (``output=...``) and prints a table.
@@ -30,13 +32,15 @@ USAGE = """\
 usage: python -m derm_exp.perf.service_load model=<checkpoint | run id | models:/…> [key=value …]
 
   clients=1,8,32       concurrent clients to measure (comma separated)
-  requests=160         timed requests per client count (at least 4 per client)
+  requests=160         timed requests per client count and round (at least 4 per client)
+  rounds=3             interleaved rounds (median requests/s reported)
   warmup=16            untimed requests before each server's measurements
   modes=on,off         micro-batching settings to compare (on: batching.enabled=true)
   image=<file>         the image to upload (default: a generated 200x150 demo image)
   tta=none             TTA mode of every request
   explain=false        also time Grad-CAM per image (in-process)
   device=auto          the server's device (auto | cpu | cuda)
+  threads=             the server's torch threads (default: torch's, one per core)
   max_batch=16 max_wait_ms=10   the server's batching settings
   tracking.uri=...     where run ids / models:/ URIs are looked up
   output=<file.json>   write the figures there
@@ -46,11 +50,13 @@ DEFAULTS = {
     "clients": "1,8,32",
     "requests": "160",
     "warmup": "16",
+    "rounds": "3",
     "modes": "on,off",
     "image": None,
     "tta": "none",
     "explain": "false",
     "device": "auto",
+    "threads": None,
     "max_batch": "16",
     "max_wait_ms": "10",
     "tracking.uri": None,
@@ -74,7 +80,7 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
         raise LoadError("no model given: pass model=<checkpoint | run id | models:/...>")
     try:
         values["clients"] = [int(c) for c in str(values["clients"]).split(",")]
-        for key in ("requests", "warmup", "max_batch"):
+        for key in ("requests", "warmup", "rounds", "max_batch"):
             values[key] = int(values[key])
         values["max_wait_ms"] = float(values["max_wait_ms"])
     except ValueError as exc:
@@ -82,13 +88,15 @@ def parse_args(argv: list[str]) -> dict[str, Any]:
     values["modes"] = [m.strip() for m in str(values["modes"]).split(",")]
     if not set(values["modes"]) <= {"on", "off"} or min(values["clients"]) < 1:
         raise LoadError("modes= takes on and/or off; clients= positive integers")
+    if values["rounds"] < 1:
+        raise LoadError("rounds= must be >= 1")
     values["explain"] = str(values["explain"]).lower() in ("1", "true", "yes")
     return values
 
 
 @dataclass
 class Run:
-    """One client count against one server: latencies (s) and the wall time."""
+    """One client count against one server in one round: latencies (s) and the wall time."""
 
     clients: int
     latencies: list[float]
@@ -97,17 +105,22 @@ class Run:
     batches: int
     requests_served: int
 
-    def figures(self) -> dict[str, Any]:
-        lat = np.asarray(self.latencies) * 1000
-        return {
-            "clients": self.clients,
-            "requests": len(self.latencies),
-            "errors": self.errors,
-            "requests_per_s": len(self.latencies) / self.wall_s,
-            "p50_ms": float(np.percentile(lat, 50)),
-            "p95_ms": float(np.percentile(lat, 95)),
-            "mean_batch": self.requests_served / self.batches if self.batches else None,
-        }
+
+def figures(runs: list[Run]) -> dict[str, Any]:
+    """The rounds of one (mode, client count): median requests/s, pooled latency percentiles."""
+    lat = np.asarray([t for r in runs for t in r.latencies]) * 1000
+    batches = sum(r.batches for r in runs)
+    return {
+        "clients": runs[0].clients,
+        "rounds": len(runs),
+        "requests": len(lat),
+        "errors": sum(r.errors for r in runs),
+        "requests_per_s": statistics.median(len(r.latencies) / r.wall_s for r in runs),
+        "requests_per_s_rounds": [len(r.latencies) / r.wall_s for r in runs],
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p95_ms": float(np.percentile(lat, 95)),
+        "mean_batch": sum(r.requests_served for r in runs) / batches if batches else None,
+    }
 
 
 async def _load(url: str, image: bytes, clients: int, n: int, tta: str) -> tuple[list, float, int]:
@@ -144,19 +157,32 @@ def _stats(url: str) -> tuple[int, int]:
     return int(batching["batches"]), int(batching["requests"])
 
 
-def measure_server(url: str, image: bytes, opts: dict[str, Any]) -> list[dict[str, Any]]:
-    """Warm-up, then every client count against the running server at ``url``."""
-    asyncio.run(_load(url, image, max(opts["clients"]), opts["warmup"], opts["tta"]))
-    out = []
-    for clients in opts["clients"]:
-        n = max(opts["requests"], 4 * clients)
-        before = _stats(url)
-        latencies, wall, errors = asyncio.run(_load(url, image, clients, n, opts["tta"]))
-        after = _stats(url)
-        run = Run(clients, latencies, wall, errors, after[0] - before[0], after[1] - before[1])
-        out.append(run.figures())
-        print(f"  {clients:>3} clients: {out[-1]['requests_per_s']:.1f} req/s", flush=True)
-    return out
+def measure_once(url: str, image: bytes, clients: int, opts: dict[str, Any]) -> Run:
+    """One timed load of ``max(requests, 4 * clients)`` uploads against ``url``."""
+    n = max(opts["requests"], 4 * clients)
+    before = _stats(url)
+    latencies, wall, errors = asyncio.run(_load(url, image, clients, n, opts["tta"]))
+    after = _stats(url)
+    return Run(clients, latencies, wall, errors, after[0] - before[0], after[1] - before[1])
+
+
+def measure(urls: dict[str, str], image: bytes, opts: dict[str, Any]) -> dict[str, list]:
+    """Warm every server up, then the interleaved rounds: {mode: [figures per client count]}."""
+    for url in urls.values():
+        asyncio.run(_load(url, image, max(opts["clients"]), opts["warmup"], opts["tta"]))
+    runs: dict[tuple[str, int], list[Run]] = {}
+    for round_ in range(opts["rounds"]):
+        for clients in opts["clients"]:
+            for mode, url in urls.items():
+                run_ = measure_once(url, image, clients, opts)
+                runs.setdefault((mode, clients), []).append(run_)
+                rate = len(run_.latencies) / run_.wall_s
+                print(
+                    f"  round {round_ + 1}, {clients:>3} clients, batching {mode}: "
+                    f"{rate:.1f} req/s",
+                    flush=True,
+                )
+    return {mode: [figures(runs[mode, c]) for c in opts["clients"]] for mode in urls}
 
 
 def server_args(opts: dict[str, Any], mode: str) -> list[str]:
@@ -169,6 +195,8 @@ def server_args(opts: dict[str, Any], mode: str) -> list[str]:
         "batching.queue_size=256",
         "log_level=warning",
     ]
+    if opts["threads"]:
+        args.append(f"threads={int(opts['threads'])}")
     if opts["tracking.uri"]:
         args.append(f"tracking.uri={opts['tracking.uri']}")
     return args
@@ -184,9 +212,13 @@ def default_image(workdir: Path) -> Path:
 
 def gradcam_ms(opts: dict[str, Any], image: Path, repeats: int = 10) -> dict[str, Any]:
     """Median milliseconds of one Grad-CAM map (one image, after 2 untimed calls)."""
+    import torch
+
     from derm_exp.explanations import explain_image
     from derm_exp.inference.prediction_model import load_prediction_model
 
+    if opts["threads"]:
+        torch.set_num_threads(int(opts["threads"]))  # as the server runs
     loaded = load_prediction_model(
         [opts["model"]], tracking_uri=opts["tracking.uri"], device=opts["device"]
     )
@@ -258,12 +290,13 @@ def run(opts: dict[str, Any], workdir: Path) -> dict[str, Any]:
         "settings": {k: v for k, v in opts.items() if k != "output"} | {"image": str(image)},
         "batching": {},
     }
-    for mode in opts["modes"]:
-        print(f"micro-batching {mode}:", flush=True)
-        proc, url = start_server(server_args(opts, mode), workdir / f"serve_{mode}.log")
-        try:
-            result["batching"][mode] = measure_server(url, data, opts)
-        finally:
+    servers = {}
+    try:
+        for mode in opts["modes"]:
+            servers[mode] = start_server(server_args(opts, mode), workdir / f"serve_{mode}.log")
+        result["batching"] = measure({m: url for m, (_, url) in servers.items()}, data, opts)
+    finally:
+        for proc, _ in servers.values():
             stop_server(proc)
     if {"on", "off"} <= set(result["batching"]):
         off = {r["clients"]: r["requests_per_s"] for r in result["batching"]["off"]}

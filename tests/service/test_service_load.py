@@ -13,8 +13,10 @@ from tests.inference.conftest import TrainedModel, run_cli
 
 def test_arguments_are_checked() -> None:
     opts = parse_args(["model=m.pt", "clients=1,8", "modes=off"])
+    assert opts["rounds"] == 3
     assert opts["clients"] == [1, 8] and opts["modes"] == ["off"] and opts["requests"] == 160
-    for bad in (["clients=1"], ["model=m.pt", "clients=x"], ["model=m.pt", "speed=3"]):
+    bad_lines = (["clients=1"], ["model=m.pt", "clients=x"], ["model=m.pt", "speed=3"])
+    for bad in (*bad_lines, ["model=m.pt", "rounds=0"]):
         with pytest.raises(LoadError):
             parse_args(bad)
 
@@ -30,6 +32,7 @@ def test_load_generator_measures_both_batching_modes(
         "clients=1,4",
         "requests=16",
         "warmup=2",
+        "rounds=2",
         "device=cpu",
         f"output={out}",
         timeout=600,
@@ -39,7 +42,7 @@ def test_load_generator_measures_both_batching_modes(
     for mode in ("on", "off"):
         runs = result["batching"][mode]
         assert [r["clients"] for r in runs] == [1, 4]
-        assert all(r["errors"] == 0 and r["requests"] == 16 for r in runs)
+        assert all(r["errors"] == 0 and r["requests"] == 32 and r["rounds"] == 2 for r in runs)
         assert all(r["p95_ms"] >= r["p50_ms"] > 0 for r in runs)
     # one request per forward without batching: as many batches as requests
     assert all(r["mean_batch"] == 1.0 for r in result["batching"]["off"])
