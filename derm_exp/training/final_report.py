@@ -3,7 +3,8 @@
 The report itself (metrics, lesion-level bootstrap CIs, JSON, figures) is
 :mod:`derm_exp.evaluation.report`, shared with ``python -m derm_exp.evaluate``. Logged to the
 training run: ``test/*`` metrics (with ``*_ci_low``/``*_ci_high`` and ``*_calibrated``),
-``temperature``, ``evaluation/test_metrics.json`` and ``plots/*.png`` (+ training curves), and
+``temperature``, ``evaluation/test_metrics.json`` and ``plots/*.png`` (+ training curves), the
+explanation gallery (``explanations/*.png``, ``explain/*`` metrics; ``explain.gallery``), and
 the training-curve verdict of :mod:`derm_exp.training.diagnosis`: tag ``derm_exp.fit_diagnosis``
 (+ ``_reason``), ``fit/*`` metrics and ``evaluation/fit_diagnosis.json``.
 """
@@ -23,6 +24,7 @@ from derm_exp.data.splits import load_split_csv
 from derm_exp.evaluation import plots
 from derm_exp.evaluation.calibration import fit_temperature
 from derm_exp.evaluation.report import evaluate_predictions, log_evaluation
+from derm_exp.explanations.gallery import log_training_gallery
 from derm_exp.inference.tta import check_views, views_to_probabilities
 from derm_exp.models.checkpoint import load_checkpoint, save_checkpoint
 from derm_exp.training.data_setup import Loaders, skipped_images
@@ -116,6 +118,7 @@ def final_report(
         extra_figures={"training_curves": curves},
         title="Test",
     )
+    log_training_gallery(cfg, model, loaders.test.dataset.paths, test_labels, probs, CLASSES)
     log.info(
         "test: balanced accuracy %.4f, macro-F1 %.4f, ECE %.4f -> %.4f (T=%.2f)",
         result["balanced_accuracy"],
