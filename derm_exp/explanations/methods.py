@@ -16,6 +16,7 @@ opencv, scipy and ttach. Every map is (H, W) at the batch's resolution, float32 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +31,9 @@ from derm_exp.explanations.target_layer import feature_source, find_target_layer
 METHODS: tuple[str, ...] = ("gradcam", "integrated_gradients", "attention")
 IG_STEPS = 32
 IG_CLIP_PERCENTILE = 99.0
+# One explanation at a time per process: each one hooks the model and flips its flags for the
+# duration, so two threads (a web service's workers) explaining one model would see each other's.
+_LOCK = threading.RLock()
 
 
 def check_method(model: nn.Module, method: str) -> str:
@@ -125,11 +129,12 @@ def explain_batch(
 ) -> np.ndarray:
     """(B, H, W) float32 maps in [0, 1] at the batch's resolution; targets default to the argmax
     class. ``batch``: preprocessed images (B, 3, H, W) as the model was validated on. The model
-    runs in fp32 eval mode and is left as it was (modes, ``requires_grad``, no hooks)."""
+    runs in fp32 eval mode and is left as it was (modes, ``requires_grad``, no hooks); calls are
+    serialised by a process-wide lock, so threads may share one model."""
     check_method(model, method)
     if batch.dim() != 4 or batch.shape[1] != 3:
         raise ExplanationError(f"batch of shape {tuple(batch.shape)}: expected (B, 3, H, W)")
-    with explaining(model):
+    with _LOCK, explaining(model):
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         x = batch.detach().to(device, torch.float32)

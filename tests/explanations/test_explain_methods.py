@@ -125,3 +125,16 @@ def test_attention_map_is_the_heads_own_weights(toy_acrnn: torch.nn.Module) -> N
 def test_bad_requests_are_user_errors(toy_model: torch.nn.Module, kwargs, match) -> None:
     with pytest.raises(ExplanationError, match=match):
         explain_batch(toy_model, torch.randn(1, 3, 64, 64), **kwargs)
+
+
+def test_threads_sharing_one_model_leave_it_unchanged() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = make_model(head="acrnn").eval()
+    x = torch.randn(2, 3, 64, 64)
+    methods = ["gradcam", "attention", "gradcam", "integrated_gradients"]
+    with ThreadPoolExecutor(4) as pool:
+        maps = list(pool.map(lambda m: explain_batch(model, x, method=m), methods))
+    np.testing.assert_allclose(maps[0], maps[2], atol=1e-6)  # same request, same map
+    assert all(p.requires_grad for p in model.parameters()) and _hooks(model) == 0
+    assert not model.training
