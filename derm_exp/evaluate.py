@@ -24,6 +24,12 @@ cannot overwrite the training metrics. Its metrics are named ``eval/...`` (``eva
 with ``lesion_level=true``) so that searches ranking training runs by ``val/``/``test/`` metrics
 never pick an evaluation run. ``tracking.enabled=false`` only writes the output folder.
 
+Selective prediction (:mod:`derm_exp.evaluation.selective`, on the calibrated probabilities):
+the risk-coverage curve (``plots/risk_coverage.png``), ``eval/aurc``, ``eval/eaurc`` and
+``eval/selective_balanced_accuracy_cov90`` (one per ``selective_coverages``); and, when the
+checkpoint holds an abstention threshold (fitted on the run's validation split), the coverage
+and risk it reaches on the evaluated data (``eval/abstain_coverage``, ``eval/abstain_risk``).
+
 Outputs (Hydra run dir, also logged): ``evaluation_metrics.json``, ``plots/*.png`` and
 ``predictions.csv`` (one row per evaluated sample with its probabilities).
 """
@@ -191,6 +197,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     temperature, t_source = resolve_temperature(cfg, source, loaded, ctx)
     predictions = predict(cfg, frame, labels, loaded, ctx, preset, temperature)
     result = score(cfg, predictions, loaded.classes)
+    result["abstention"] = stored_abstention(source, predictions)
     result.update(
         {
             "level": "lesion" if cfg.lesion_level else "image",
@@ -295,10 +302,28 @@ def score(cfg: DictConfig, p: Predictions, classes: list[str]) -> dict[str, Any]
         alpha=float(cfg.bootstrap.alpha),
         calibrated_probs=p.calibrated,
         n_bins=int(cfg.n_bins),
+        coverages=[float(c) for c in cfg.get("selective_coverages", (0.9, 0.8))],
     )
     if p.groups is None and cfg.lesion_level and "bootstrap" in result:
         result["bootstrap"]["resampled"] = "lesions"
     return result
+
+
+def stored_abstention(source: Any, p: Predictions) -> dict[str, Any] | None:
+    """The checkpoint's abstention threshold and what it gives on these (calibrated)
+    predictions (``on_data``); None when the checkpoint has no threshold."""
+    from derm_exp.evaluation.selective import apply_threshold
+    from derm_exp.inference.sources import peek_checkpoint
+
+    entry = peek_checkpoint(source.checkpoint).get("abstention") or {}
+    if entry.get("threshold") is None:
+        return None
+    return {
+        "threshold": float(entry["threshold"]),
+        "target": entry.get("target"),
+        "val": entry.get("val"),
+        "on_data": apply_threshold(p.y, p.calibrated, float(entry["threshold"])),
+    }
 
 
 def describe_model(cfg: DictConfig, source: Any, loaded: Any) -> dict[str, Any]:

@@ -65,7 +65,10 @@ def report(
     probs, calibrated, y = predictions.probs, predictions.calibrated, predictions.y
 
     prefix = "eval_lesion/" if cfg.lesion_level else "eval/"
-    extra = {f"{prefix}temperature": result["temperature"]["value"]}
+    extra = {
+        f"{prefix}temperature": result["temperature"]["value"],
+        **abstain_metrics(result, prefix),
+    }
     kwargs = dict(
         calibrated_probs=calibrated,
         output_dir=output_dir,
@@ -104,12 +107,42 @@ def report(
         f"  ECE {result['ece']:.4f} -> {cal['ece']:.4f}   NLL {result['nll']:.4f} -> "
         f"{cal['nll']:.4f}  (temperature {result['temperature']['value']:.3f})"
     )
+    print("  " + selective_line(result))
     if result["absent_classes"]:
         print(f"  absent classes: {', '.join(result['absent_classes'])}")
     print(f"  report: {output_dir / 'evaluation_metrics.json'}")
     if run_id:
         print(f"  MLflow evaluation run: {run_id}")
     print(f"  {DISCLAIMER}")
+
+
+def abstain_metrics(result: dict[str, Any], prefix: str) -> dict[str, float]:
+    """``<prefix>abstain_coverage``/``_risk``/``_balanced_accuracy``/``_threshold`` of the
+    checkpoint's threshold on the evaluated data (none without a threshold)."""
+    stored = result.get("abstention") or {}
+    on = dict(stored.get("on_data") or {})
+    values = {k: on.get(k) for k in ("coverage", "risk", "balanced_accuracy", "threshold")}
+    return {f"{prefix}abstain_{k}": float(v) for k, v in values.items() if v is not None}
+
+
+def selective_line(result: dict[str, Any]) -> str:
+    """``AURC .. E-AURC ..; bal. acc. at 90 % coverage ..; abstention threshold ..``."""
+    sel = result["selective"]
+    at = ", ".join(
+        f"{p['target']:.0%} coverage {p['balanced_accuracy']:.4f}"
+        for p in sel["at_coverage"].values()
+        if p["balanced_accuracy"] is not None
+    )
+    line = f"AURC {sel['aurc']:.4f}  E-AURC {sel['eaurc']:.4f}  selective balanced accuracy: {at}"
+    stored = result.get("abstention")
+    if stored:
+        on = stored["on_data"]
+        risk = "n/a" if on["risk"] is None else f"{on['risk']:.4f}"
+        line += (
+            f"\n  abstention threshold {stored['threshold']:.4f} (fitted on validation for "
+            f"{stored['target']}): coverage {on['coverage']:.3f}, risk {risk} here"
+        )
+    return line
 
 
 def log_to_mlflow(

@@ -9,7 +9,10 @@ ensemble: ``model=[ref1,ref2,...]``, ``group=<sweep id>`` or a registered ensemb
 One image prints a table (classes sorted by probability). A folder writes a CSV, one row per
 image file, in file name order: ``image, predicted_class, confidence, uncertainty``, then
 ``view_std`` (one model with TTA) or ``std, entropy, mutual_information, disagreement`` (an
-ensemble), then ``prob_<class>`` for every class, ``error`` and ``disclaimer``. A file that
+ensemble), then ``decision`` (predict | abstain) and ``reasons`` (``;``-separated codes, see
+:mod:`derm_exp.inference.abstention`), ``prob_<class>`` for every class, ``error`` and
+``disclaimer``. The ``abstain`` keys of conf/predict.yaml override the checkpoint's abstention
+policy; the summary counts the abstentions and their reasons. A file that
 cannot be read keeps its row, with only ``image``, ``error`` (why) and ``disclaimer`` filled,
 so the rows line up with the inputs; stderr says how many failed. Exit status 0 when at least
 one image was predicted, 1 when none was. The disclaimer is a column (repeated on every row)
@@ -69,6 +72,7 @@ def csv_columns(classes: list[str], ensemble: bool, tta: bool) -> list[str]:
     """The CSV header (see the module docstring)."""
     header = ["image", "predicted_class", "confidence", "uncertainty"]
     header += list(ENSEMBLE_COLUMNS) if ensemble else ["view_std"] if tta else []
+    header += ["decision", "reasons"]
     return header + [f"prob_{c}" for c in classes] + ["error", "disclaimer"]
 
 
@@ -82,8 +86,10 @@ def _cell(column: str, found: FilePrediction, disclaimer: str) -> str:
         return disclaimer
     if r is None:  # an unreadable file: no prediction
         return ""
-    if column == "predicted_class":
+    if column in ("predicted_class", "decision"):
         return str(r[column])
+    if column == "reasons":
+        return ";".join(r["reasons"])
     value = r["probabilities"][column[5:]] if column.startswith("prob_") else r[column]
     return f"{value:.6f}"
 
@@ -124,6 +130,7 @@ def format_table(image: Path, r: dict[str, Any], model: str) -> str:
         f"Uncertainty  {r['uncertainty']:.4f} (normalised entropy: 0 certain, 1 uniform)"
         + (f"; view std {r['view_std']:.4f}" if "view_std" in r else ""),
         *_ensemble_lines(r),
+        _decision_line(r),
         "",
         f"  {'class':<6} {'probability':>11}  {'':<20}  description",
     ]
@@ -132,6 +139,15 @@ def format_table(image: Path, r: dict[str, Any], model: str) -> str:
         lines.append(f"  {cls:<6} {p:>11.4f}  {bar:<20}  {CLASS_DESCRIPTIONS.get(cls, cls)}")
     lines += ["", r["disclaimer"]]
     return "\n".join(lines)
+
+
+def _decision_line(r: dict[str, Any]) -> str:
+    """``Decision  predict`` or ``Decision  ABSTAIN (reasons)``, with the threshold."""
+    threshold = r["abstention"]["threshold"]
+    at = "no confidence threshold" if threshold is None else f"threshold {threshold:.4f}"
+    if r["decision"] == "predict":
+        return f"Decision     predict ({at})"
+    return f"Decision     ABSTAIN: {', '.join(r['reasons'])} ({at}); do not rely on this answer"
 
 
 def _ensemble_lines(r: dict[str, Any]) -> list[str]:
@@ -165,6 +181,9 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
     if cfg.image is None:
         raise PredictionInputError("no image given: pass image=<image file or folder>")
     files = find_images(str(cfg.image), bool(cfg.recursive))
+    from derm_exp.inference.abstention import AbstentionPolicy
+
+    AbstentionPolicy().with_overrides(_abstain_overrides(cfg))  # bad values fail before loading
     # Heavy imports (torch, timm) only once the inputs are known to exist.
     from derm_exp.inference.file_predictions import predict_files
     from derm_exp.inference.prediction_model import load_prediction_model
@@ -187,6 +206,8 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
         amp=str(cfg.amp),
         compile=bool(cfg.compile),
     )
+    policy = loaded.model.abstention.with_overrides(_abstain_overrides(cfg))
+    loaded.model.abstention = policy
     single = Path(cfg.image).expanduser().is_file()
     found = predict_files(loaded.model, files, int(cfg.batch_size), preset, progress=not single)
     predicted = [p for p in found if p.result is not None]
@@ -205,6 +226,14 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
     if not single:
         print(f"  {predicted[0].result['disclaimer']}")
     return found
+
+
+def _abstain_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The ``abstain`` block of the config as a plain dict (null values: keep the model's)."""
+    from omegaconf import OmegaConf
+
+    block = OmegaConf.select(cfg, "abstain", default=None)
+    return {} if block is None else dict(OmegaConf.to_container(block, resolve=True))
 
 
 def _report_failures(found: list[FilePrediction], output: Path | None) -> None:
@@ -233,6 +262,7 @@ def _print_summary(found: list[FilePrediction], model: str, ensemble: bool) -> N
     if not rows:
         return
     print("  predicted classes: " + ", ".join(f"{c} {n}" for c, n in counts.most_common()))
+    print("  " + abstention_summary(rows))
     if ensemble:
         means = {k: sum(r[k] for r in rows) / len(rows) for k in ENSEMBLE_COLUMNS}
         print(
@@ -240,6 +270,16 @@ def _print_summary(found: list[FilePrediction], model: str, ensemble: bool) -> N
             f"mutual information {means['mutual_information']:.4f} nats, "
             f"disagreement {means['disagreement']:.3f}"
         )
+
+
+def abstention_summary(rows: list[dict[str, Any]]) -> str:
+    """``abstained on K of N image(s) (reason n, ...)``: the summary line of a folder."""
+    abstained = [r for r in rows if r["decision"] == "abstain"]
+    reasons = Counter(reason for r in abstained for reason in r["reasons"])
+    detail = ", ".join(f"{k} {n}" for k, n in reasons.most_common())
+    return f"abstained on {len(abstained)} of {len(rows)} image(s)" + (
+        f" ({detail})" if detail else ""
+    )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")

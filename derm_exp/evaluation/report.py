@@ -19,6 +19,7 @@ import pandas as pd
 
 from derm_exp.evaluation.bootstrap import bootstrap_ci, standard_metric_fns
 from derm_exp.evaluation.metrics import classification_metrics, scalar_metrics
+from derm_exp.evaluation.selective import DEFAULT_COVERAGES, selective_metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def evaluate_predictions(
     alpha: float = 0.05,
     calibrated_probs: Any = None,
     n_bins: int = 15,
+    coverages: Sequence[float] = DEFAULT_COVERAGES,
 ) -> dict[str, Any]:
     """All metrics of ``probs`` (N, C) against ``y_true`` (N,), JSON-serialisable.
 
@@ -44,7 +46,9 @@ def evaluate_predictions(
     ``1 - alpha``) of accuracy, balanced accuracy, macro-F1 and macro AUC from ``n_boot``
     resamples of ``groups`` (lesion ids; None resamples images). ``n_boot=0`` skips them.
     With ``calibrated_probs`` (the same predictions after temperature scaling), ``calibrated``
-    holds their scalar metrics (ECE, NLL, Brier, ...).
+    holds their scalar metrics (ECE, NLL, Brier, ...). ``selective``: the risk-coverage curve,
+    AURC, E-AURC and the scores at ``coverages`` (:mod:`derm_exp.evaluation.selective`) of the
+    calibrated probabilities when given (the confidence is the max calibrated probability).
     """
     result = classification_metrics(y_true, probs, classes, n_bins=n_bins)
     if n_boot > 0:
@@ -61,6 +65,11 @@ def evaluate_predictions(
         result["calibrated"] = scalar_metrics(
             classification_metrics(y_true, calibrated_probs, classes, n_bins=n_bins)
         )
+    chosen = probs if calibrated_probs is None else calibrated_probs
+    result["selective"] = {
+        "probabilities": "uncalibrated" if calibrated_probs is None else "calibrated",
+        **selective_metrics(y_true, chosen, coverages),
+    }
     return result
 
 
@@ -80,6 +89,20 @@ def flat_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float
         value = result.get("calibrated", {}).get(key)
         if value is not None:
             flat[f"{prefix}{key}_calibrated"] = float(value)
+    flat.update(selective_flat(result.get("selective"), prefix))
+    return flat
+
+
+def selective_flat(selective: Mapping[str, Any] | None, prefix: str = "") -> dict[str, float]:
+    """``aurc``, ``eaurc`` and per target coverage ``selective_balanced_accuracy_cov90``,
+    ``selective_risk_cov90`` (MLflow refuses '@' in names)."""
+    if not selective:
+        return {}
+    flat = {f"{prefix}aurc": float(selective["aurc"]), f"{prefix}eaurc": float(selective["eaurc"])}
+    for key, point in selective["at_coverage"].items():
+        for name in ("balanced_accuracy", "risk"):
+            if point.get(name) is not None:
+                flat[f"{prefix}selective_{name}_{key}"] = float(point[name])
     return flat
 
 
@@ -111,6 +134,12 @@ def evaluation_figures(
     }
     if calibrated_probs is not None:
         figures["calibration_uncalibrated"] = plots.plot_reliability(probs, y_true)
+    if "selective" in result:
+        from derm_exp.evaluation.selective_plots import plot_risk_coverage
+
+        figures["risk_coverage"] = plot_risk_coverage(
+            result["selective"], (result.get("abstention") or {}).get("on_data")
+        )
     return figures
 
 

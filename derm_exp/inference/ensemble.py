@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from derm_exp.data.metadata import CLASS_DESCRIPTIONS
 from derm_exp.errors import PredictionInputError, RegistryError
+from derm_exp.inference.abstention import AbstentionPolicy
 from derm_exp.inference.aggregation import (
     DEFAULT_TAU,
     MEMBER_AGGREGATIONS,
@@ -33,6 +34,7 @@ from derm_exp.inference.aggregation import (
     uncertainty,
 )
 from derm_exp.inference.image_input import ImageInput, as_image_list, to_rgb_image
+from derm_exp.inference.input_quality import quality_reasons
 from derm_exp.inference.members import (
     DEFAULT_RANK_BY,
     Member,
@@ -73,6 +75,8 @@ class EnsemblePredictor:
 
     Images are decoded once per batch; each member applies its own preprocessing (members may
     differ in backbone and input size) and, with TTA, runs all views in one forward.
+    ``abstention`` decides ``decision``/``reasons`` (:mod:`derm_exp.inference.abstention`:
+    the members' mean threshold, ensemble disagreement, the input-quality gate).
     """
 
     def __init__(
@@ -93,6 +97,7 @@ class EnsemblePredictor:
         w = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64)
         self.weights = w / w.sum()
         self.classes = list(members[0].classes)
+        self.abstention = AbstentionPolicy.for_ensemble([p.abstention for p in self.predictors])
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -191,8 +196,9 @@ class EnsemblePredictor:
     # -- prediction ---------------------------------------------------------------------------
     def _batches(
         self, images: Sequence[ImageInput], batch_size: int, preset: TTAPreset, progress: bool
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, member probabilities (M, B, C))`` per batch of images."""
+    ) -> Iterator[tuple[int, np.ndarray, list[list[str]]]]:
+        """Yield ``(start, member probabilities (M, B, C), input-quality reasons per image)``
+        per batch of images (the gate checks the decoded images, before any resizing)."""
         if batch_size < 1:
             raise PredictionInputError(f"batch_size={batch_size} must be >= 1")
         bar = tqdm(
@@ -200,6 +206,7 @@ class EnsemblePredictor:
         )
         for start in range(0, len(images), batch_size):
             pil = [to_rgb_image(x) for x in images[start : start + batch_size]]
+            quality = [quality_reasons(img, self.abstention.quality) for img in pil]
             cache: dict[str, torch.Tensor] = {}
             out = []
             for predictor in self.predictors:
@@ -209,7 +216,7 @@ class EnsemblePredictor:
                 probs, _ = predictor.probabilities(cache[key], preset)
                 out.append(probs)
             bar.update(len(pil))
-            yield start, np.stack(out)
+            yield start, np.stack(out), quality
         bar.close()
 
     def member_probabilities(
@@ -220,12 +227,24 @@ class EnsemblePredictor:
         progress: bool = False,
     ) -> np.ndarray:
         """Every member's probabilities (M, N, C) (TTA views aggregated per member)."""
+        return self._scored(images, tta, batch_size, progress)[0]
+
+    def _scored(
+        self,
+        images: Sequence[ImageInput] | ImageInput,
+        tta: str | TTAPreset | None,
+        batch_size: int,
+        progress: bool,
+    ) -> tuple[np.ndarray, list[list[str]]]:
+        """Member probabilities (M, N, C) and each image's input-quality reasons."""
         images = as_image_list(images)
         preset = SkinLesionPredictor.tta_preset(tta)
         out = np.empty((len(self.members), len(images), len(self.classes)), dtype=np.float64)
-        for start, probs in self._batches(images, batch_size, preset, progress):
+        quality: list[list[str]] = []
+        for start, probs, reasons in self._batches(images, batch_size, preset, progress):
             out[:, start : start + probs.shape[1]] = probs
-        return out
+            quality += reasons
+        return out, quality
 
     def combine(self, member_probs: np.ndarray) -> EnsembleOutput:
         """Aggregate precomputed member probabilities (M, N, C)."""
@@ -264,9 +283,10 @@ class EnsemblePredictor:
     ) -> list[dict[str, Any]]:
         """One dict per image: the single-model predictor's keys plus the ensemble's
         uncertainty (``std``, ``entropy``, ``mutual_information``, ``disagreement``),
-        ``members`` and ``disclaimer``."""
+        ``members``, ``decision``/``reasons``/``abstention`` and ``disclaimer``."""
         preset = SkinLesionPredictor.tta_preset(tta)
-        out = self.predict_arrays(images, preset, batch_size, progress)
+        member_probs, quality = self._scored(images, preset, batch_size, progress)
+        out = self.combine(member_probs)
         unc = out.uncertainty()
         results = []
         for i, probs in enumerate(out.probs):
@@ -299,9 +319,19 @@ class EnsemblePredictor:
                     "views": list(preset.views),
                     "aggregation": preset.aggregation,
                 }
+            result.update(self.decide(result, quality[i]))
             result["disclaimer"] = DISCLAIMER
             results.append(result)
         return results
+
+    def decide(self, result: Mapping[str, Any], quality: Sequence[str] | None) -> dict[str, Any]:
+        """``decision``, ``reasons`` and ``abstention`` of one ensemble prediction dict."""
+        return self.abstention.decide(
+            result["confidence"],
+            quality=quality,
+            disagreement=result["disagreement"],
+            member_std=result["std"],
+        )
 
     def predict_batch(
         self,

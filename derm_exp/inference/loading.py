@@ -22,6 +22,7 @@ class LoadedModel:
     temperature: float
     config: dict
     checkpoint_path: Path | None
+    abstention: dict | None = None  # the checkpoint's selective-prediction entry, if any
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -46,4 +47,5 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
         temperature=meta.temperature,
         config=meta.config,
         checkpoint_path=Path(path),
+        abstention=meta.abstention,
     )

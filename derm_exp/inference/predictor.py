@@ -26,6 +26,7 @@ from derm_exp.data.images import BadImageError
 from derm_exp.data.metadata import CLASS_DESCRIPTIONS
 from derm_exp.data.transforms import build_eval_transform
 from derm_exp.errors import ModelSourceError, PredictionInputError
+from derm_exp.inference.abstention import AbstentionPolicy
 from derm_exp.inference.aggregation import (
     VIEW_AGGREGATIONS,
     check_aggregation,
@@ -33,6 +34,7 @@ from derm_exp.inference.aggregation import (
     normalized_entropy,
 )
 from derm_exp.inference.image_input import ImageInput, as_image_list, to_rgb_image
+from derm_exp.inference.input_quality import quality_reasons
 from derm_exp.inference.loading import LoadedModel, load_classifier
 from derm_exp.inference.sources import ModelSource, resolve_source
 from derm_exp.inference.tta import (
@@ -86,6 +88,9 @@ class SkinLesionPredictor:
     ``bf16`` (faster on GPUs and on CPUs with AMX/AVX512-BF16; see BENCHMARKS.md), ``fp16``,
     or ``auto`` (bf16 on CUDA, fp32 elsewhere). ``compile=True`` runs the network through
     :func:`compile_for_inference` (falls back to eager, with a warning, if compilation fails).
+    ``abstention`` (:class:`~derm_exp.inference.abstention.AbstentionPolicy`, from the
+    checkpoint; assign ``abstention.with_overrides({...})`` to change it) decides each result's
+    ``decision`` and ``reasons``.
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class SkinLesionPredictor:
         self.temperature = float(loaded.temperature) if calibrate else 1.0
         self.checkpoint_path = loaded.checkpoint_path
         self.source = source
+        self.abstention = AbstentionPolicy.from_checkpoint(getattr(loaded, "abstention", None))
 
     @property
     def compiled(self) -> bool:
@@ -223,6 +229,11 @@ class SkinLesionPredictor:
             return views_to_probabilities(logits[0], self.temperature), per_view
         return views_to_probabilities(logits, self.temperature, preset.aggregation), per_view
 
+    def quality_reasons(self, image: ImageInput) -> list[str]:
+        """The input-quality gate's reasons for one image, decoded, before resizing
+        (:mod:`derm_exp.inference.input_quality`, limits from :attr:`abstention`)."""
+        return quality_reasons(to_rgb_image(image), self.abstention.quality)
+
     def iter_predictions(
         self,
         images: Sequence[ImageInput],
@@ -235,6 +246,21 @@ class SkinLesionPredictor:
 
         With ``skip_unreadable`` undecodable files are logged and left out instead of raising.
         """
+        for i, probs, per_view, _ in self.iter_scored(
+            images, batch_size, preset, progress, skip_unreadable
+        ):
+            yield i, probs, per_view
+
+    def iter_scored(
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int = 32,
+        preset: TTAPreset = SINGLE_VIEW,
+        progress: bool = False,
+        skip_unreadable: bool = False,
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[str]]]:
+        """:meth:`iter_predictions` plus each image's input-quality reasons (checked on the
+        decoded image before it is resized)."""
         if batch_size < 1:
             raise PredictionInputError(f"batch_size={batch_size} must be >= 1")
         images = list(images)
@@ -242,10 +268,12 @@ class SkinLesionPredictor:
             total=len(images), desc="predict", unit="img", disable=None if progress else True
         )
         for start in range(0, len(images), batch_size):
-            tensors, index = [], []
+            tensors, index, quality = [], [], []
             for i in range(start, min(start + batch_size, len(images))):
                 try:
-                    tensors.append(self.preprocess(images[i]))
+                    rgb = to_rgb_image(images[i])
+                    tensors.append(self.preprocess(rgb))
+                    quality.append(quality_reasons(rgb, self.abstention.quality))
                     index.append(i)
                 except BadImageError as exc:
                     if not skip_unreadable:
@@ -254,14 +282,23 @@ class SkinLesionPredictor:
             if tensors:
                 probs, per_view = self.probabilities(torch.stack(tensors), preset)
                 for j, i in enumerate(index):
-                    yield i, probs[j], per_view[:, j]
+                    yield i, probs[j], per_view[:, j], quality[j]
             bar.update(min(batch_size, len(images) - start))
         bar.close()
 
     def result(
-        self, probs: np.ndarray, per_view: np.ndarray | None = None, preset: TTAPreset = SINGLE_VIEW
+        self,
+        probs: np.ndarray,
+        per_view: np.ndarray | None = None,
+        preset: TTAPreset = SINGLE_VIEW,
+        quality: Sequence[str] | None = None,
     ) -> dict[str, Any]:
-        """The prediction dict for one image's probabilities (C,) (and per-view (V, C))."""
+        """The prediction dict for one image's probabilities (C,) (and per-view (V, C)).
+
+        ``decision``/``reasons``/``abstention`` come from :attr:`abstention`
+        (:mod:`derm_exp.inference.abstention`); ``quality`` is the image's input-quality reasons
+        (:meth:`quality_reasons`; None: not checked).
+        """
         top = int(np.argmax(probs))
         cls = self.classes[top]
         out: dict[str, Any] = {
@@ -280,6 +317,9 @@ class SkinLesionPredictor:
                 "views": list(preset.views),
                 "aggregation": preset.aggregation,
             }
+        out.update(
+            self.abstention.decide(out["confidence"], quality=quality, view_std=out.get("view_std"))
+        )
         out["disclaimer"] = DISCLAIMER
         return out
 
@@ -307,8 +347,8 @@ class SkinLesionPredictor:
     ) -> list[dict[str, Any]]:
         """Predictions for many images, ``batch_size`` images (x their views) per forward."""
         preset = self.tta_preset(tta)
-        found = self.iter_predictions(as_image_list(images), batch_size, preset, progress)
-        return [self.result(p, v, preset) for _, p, v in found]
+        found = self.iter_scored(as_image_list(images), batch_size, preset, progress)
+        return [self.result(p, v, preset, q) for _, p, v, q in found]
 
     def predict_with_tta(
         self, image: ImageInput, mode: str = "medium", aggregation: str | None = None

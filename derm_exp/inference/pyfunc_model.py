@@ -9,7 +9,9 @@ Usage::
     probs = model.predict(pd.DataFrame({"image": ["a.jpg", "b.png"]}))
     # probs: DataFrame, one row per image, one column per class in the checkpoint's class order
     # (akiec, bcc, bkl, df, mel, nv, vasc); rows sum to 1 (temperature-calibrated softmax);
-    # probs.attrs["disclaimer"] carries the research-only disclaimer.
+    # probs.attrs["disclaimer"] carries the research-only disclaimer. Two more columns:
+    # "decision" ("predict" | "abstain") and "reasons" (a list of codes, empty when predicting;
+    # see derm_exp.inference.abstention): probs.iloc[:, :7] are the probabilities alone.
 
 Input format (one image per row, images of any size: each is resized and centre-cropped exactly
 as at training time, from the checkpoint's own preprocessing config):
@@ -197,11 +199,10 @@ class DermClassifierModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        """Class probabilities (N, C) as a DataFrame with one column per class."""
-        probs = self._predictor.predict_proba(images_from_input(model_input))
-        frame = pd.DataFrame(np.asarray(probs), columns=self.classes)
-        frame.attrs["disclaimer"] = DISCLAIMER
-        return frame
+        """Class probabilities (N, C) as a DataFrame with one column per class, then
+        ``decision`` and ``reasons`` (:mod:`derm_exp.inference.abstention`)."""
+        results = self._predictor.predict_batch(images_from_input(model_input))
+        return decision_frame(results, self.classes)
 
 
 class DermEnsembleModel(mlflow.pyfunc.PythonModel):
@@ -231,13 +232,29 @@ class DermEnsembleModel(mlflow.pyfunc.PythonModel):
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
-        """Ensemble probabilities and uncertainty per image."""
-        out = self._ensemble.predict_arrays(images_from_input(model_input))
-        frame = pd.DataFrame(out.probs, columns=self._ensemble.classes)
-        for key, values in out.uncertainty().items():
-            frame[key] = values
-        frame.attrs["disclaimer"] = DISCLAIMER
-        return frame
+        """Ensemble probabilities, uncertainty, ``decision`` and ``reasons`` per image."""
+        results = self._ensemble.predict(images_from_input(model_input))
+        keys = ("confidence", "std", "entropy", "mutual_information", "disagreement")
+        return decision_frame(results, self._ensemble.classes, keys)
+
+
+def decision_frame(
+    results: Sequence[Mapping[str, Any]], classes: Sequence[str], keys: Sequence[str] = ()
+) -> pd.DataFrame:
+    """One row per prediction dict: its probabilities per class, ``keys``, then ``decision``
+    and ``reasons`` (a list of codes); ``attrs["disclaimer"]`` set."""
+    frame = pd.DataFrame(
+        np.array(
+            [[r["probabilities"][c] for c in classes] for r in results], dtype=np.float64
+        ).reshape(len(results), len(classes)),
+        columns=list(classes),
+    )
+    for key in keys:
+        frame[key] = [float(r[key]) for r in results]
+    frame["decision"] = [r["decision"] for r in results]
+    frame["reasons"] = [list(r["reasons"]) for r in results]
+    frame.attrs["disclaimer"] = DISCLAIMER
+    return frame
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,10 @@ class BestCheckpoint(CheckpointMeta):
 
     ``best`` is the selection score (``value`` of ``trainer.monitor``, ``loss``, ``weights``,
     ``epoch``, ``degenerate``); ``temperature`` is fitted on the validation split by the final
-    report (absent before it ran: 1.0).
+    report (absent before it ran: 1.0). ``abstention`` (optional, absent in older files) is the
+    selective-prediction threshold fitted on the validation split after the temperature
+    (:func:`derm_exp.evaluation.selective.fit_threshold`: ``threshold``, ``target``, the
+    ``coverage``/``risk`` it gives there, ``max_view_std`` and the input-quality limits).
     """
 
     model: dict[str, torch.Tensor]
@@ -123,6 +126,7 @@ class BestCheckpoint(CheckpointMeta):
     epoch: int
     best: dict[str, Any]
     temperature: NotRequired[float]
+    abstention: NotRequired[dict[str, Any]]
 
 
 class LatestCheckpoint(CheckpointMeta):
@@ -186,6 +190,7 @@ class CheckpointMetadata:
     epoch: int | None
     best: dict[str, Any] | None
     temperature: float
+    abstention: dict[str, Any] | None = None
 
     @property
     def monitor(self) -> str | None:
@@ -222,6 +227,7 @@ def checkpoint_metadata(
         epoch=int(ck["epoch"]) if ck.get("epoch") is not None else None,
         best=dict(best) if best else None,
         temperature=float(ck.get("temperature", 1.0)),
+        abstention=dict(ck["abstention"]) if ck.get("abstention") else None,
     )
 
 

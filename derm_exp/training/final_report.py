@@ -3,7 +3,10 @@
 The report itself (metrics, lesion-level bootstrap CIs, JSON, figures) is
 :mod:`derm_exp.evaluation.report`, shared with ``python -m derm_exp.evaluate``. Logged to the
 training run: ``test/*`` metrics (with ``*_ci_low``/``*_ci_high`` and ``*_calibrated``),
-``temperature``, ``evaluation/test_metrics.json`` and ``plots/*.png`` (+ training curves), and
+``temperature``, the abstention threshold fitted on validation (:mod:`.abstention_fit`:
+``abstain/*``, ``test/abstain_*``, ``test/aurc``, ``test/selective_*_cov90``, stored in the
+checkpoint), ``evaluation/test_metrics.json`` and ``plots/*.png`` (+ training curves), the
+explanation gallery (``explanations/*.png``, ``explain/*`` metrics; ``explain.gallery``), and
 the training-curve verdict of :mod:`derm_exp.training.diagnosis`: tag ``derm_exp.fit_diagnosis``
 (+ ``_reason``), ``fit/*`` metrics and ``evaluation/fit_diagnosis.json``.
 """
@@ -21,10 +24,12 @@ from omegaconf import DictConfig
 from derm_exp.data.metadata import CLASSES
 from derm_exp.data.splits import load_split_csv
 from derm_exp.evaluation import plots
-from derm_exp.evaluation.calibration import fit_temperature
+from derm_exp.evaluation.calibration import apply_temperature, fit_temperature
 from derm_exp.evaluation.report import evaluate_predictions, log_evaluation
+from derm_exp.explanations.gallery import log_training_gallery
 from derm_exp.inference.tta import check_views, views_to_probabilities
 from derm_exp.models.checkpoint import load_checkpoint, save_checkpoint
+from derm_exp.training import abstention_fit
 from derm_exp.training.data_setup import Loaders, skipped_images
 from derm_exp.training.diagnosis import FitDiagnosis, diagnose
 from derm_exp.training.loop import StepContext, predict_logits
@@ -80,7 +85,10 @@ def final_report(
     degenerate = warn_if_degenerate(val_logits.argmax(1), list(CLASSES), "selected checkpoint")
     mlflow.set_tag("derm_exp.degenerate_model", str(degenerate).lower())
     temperature = fit_temperature(val_logits, val_labels)
-    save_checkpoint({**ck, "temperature": temperature}, best_path)
+    abstention = abstention_fit.fit_abstention(  # validation arrays only: never test labels
+        abstention_fit.abstain_settings(cfg), apply_temperature(val_logits, temperature), val_labels
+    )
+    save_checkpoint({**ck, "temperature": temperature, "abstention": abstention}, best_path)
 
     views = check_views(list(cfg.tta.views))
     test_logits, test_labels = predict_logits(model, loaders.test, ctx, views=views, desc="test")
@@ -95,7 +103,11 @@ def final_report(
         int(cfg.evaluation.n_boot) if lesions else 0,
         int(cfg.seed),
         calibrated_probs=calibrated,
+        coverages=abstention_fit.selective_coverages(cfg),
     )
+    on_test = abstention_fit.on_test(abstention, test_labels, calibrated)
+    result["abstention"] = {**abstention, "on_data": on_test}
+    abstention_fit.log_abstention(abstention, on_test)
     curves = plots.plot_training_curves({k: v for k, v in history.items() if k != "epoch"})
     log_evaluation(
         result,
@@ -109,13 +121,18 @@ def final_report(
             "test": result,
             "test_calibrated": result["calibrated"],
             "temperature": temperature,
+            "abstention": result["abstention"],
             "tta": {"views": views, "aggregation": cfg.tta.aggregation},
             "selected": ck["best"],
         },
-        extra_metrics={"temperature": temperature},
+        extra_metrics={
+            "temperature": temperature,
+            **abstention_fit.abstention_metrics(abstention, on_test),
+        },
         extra_figures={"training_curves": curves},
         title="Test",
     )
+    log_training_gallery(cfg, model, loaders.test.dataset.paths, test_labels, probs, CLASSES)
     log.info(
         "test: balanced accuracy %.4f, macro-F1 %.4f, ECE %.4f -> %.4f (T=%.2f)",
         result["balanced_accuracy"],

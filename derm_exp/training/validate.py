@@ -144,6 +144,7 @@ def validate_config(cfg: DictConfig) -> None:
     )
     check(cfg.evaluation.n_boot >= 0, f"evaluation.n_boot={cfg.evaluation.n_boot} must be >= 0")
     problems += _end_of_run_problems(cfg)
+    problems += _abstain_problems(cfg)
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
@@ -161,6 +162,41 @@ def _end_of_run_problems(cfg: DictConfig) -> list[str]:
         not isinstance(name, str) or not name.strip() or any(c in name for c in "/:")
     ):
         problems.append(f"registry.name={name!r}: a non-empty name without '/' or ':'")
+    return problems
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _abstain_problems(cfg: DictConfig) -> list[str]:
+    """``abstain.*`` (fitted after the last epoch) and ``evaluation.selective_coverages``;
+    configs of runs started before these keys existed have none: nothing to check."""
+    problems = []
+    coverage = OmegaConf.select(cfg, "abstain.coverage", default=None)
+    risk = OmegaConf.select(cfg, "abstain.risk", default=None)
+    if coverage is not None and risk is not None:
+        problems.append(
+            f"abstain.coverage={coverage} and abstain.risk={risk}: give one target, the other "
+            "null (e.g. abstain.risk=0.2 abstain.coverage=null)"
+        )
+    if coverage is not None and not (_number(coverage) and 0 < coverage <= 1):
+        problems.append(f"abstain.coverage={coverage!r}: a number in (0, 1] or null")
+    if risk is not None and not (_number(risk) and 0 <= risk < 1):
+        problems.append(f"abstain.risk={risk!r}: a number in [0, 1) or null")
+    limits = {"abstain.max_view_std": OmegaConf.select(cfg, "abstain.max_view_std", default=None)}
+    quality = OmegaConf.select(cfg, "abstain.quality", default=None) or {}
+    limits.update({f"abstain.quality.{k}": v for k, v in quality.items()})
+    for key, value in limits.items():
+        if value is not None and not (_number(value) and value >= 0):
+            problems.append(f"{key}={value!r}: a number >= 0 or null")
+    coverages = OmegaConf.select(cfg, "evaluation.selective_coverages", default=None)
+    if coverages is not None and (
+        not as_list(coverages) or not all(_number(c) and 0 < c <= 1 for c in as_list(coverages))
+    ):
+        problems.append(
+            f"evaluation.selective_coverages={coverages!r}: a list of numbers in (0, 1]"
+        )
     return problems
 
 

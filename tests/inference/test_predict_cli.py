@@ -73,6 +73,8 @@ def test_folder_writes_one_row_per_image(trained_model: TrainedModel, tmp_path: 
         "confidence",
         "uncertainty",
         "view_std",
+        "decision",
+        "reasons",
         *(f"prob_{c}" for c in CLASSES),
         "error",
         "disclaimer",
@@ -82,6 +84,10 @@ def test_folder_writes_one_row_per_image(trained_model: TrainedModel, tmp_path: 
     assert good["error"].isna().all()
     assert "cannot identify image file" in broken["error"]
     assert broken.drop(["image", "error", "disclaimer"]).isna().all()
+    # 30-32 x 40 px random noise: colourful and varied, but too small for the gate (min side 32)
+    assert good["decision"].iloc[:2].tolist() == ["abstain", "abstain"]
+    assert good["reasons"].iloc[:2].str.contains("input_too_small").all()
+    assert "input_too_small" not in str(good["reasons"].iloc[2])  # 32 px: just large enough
     assert (table["disclaimer"] == DISCLAIMER).all()
     assert "Predicted 3 of 4 image(s)" in proc.stdout
     assert "warning: 1 of 4 images could not be read" in proc.stderr

@@ -101,6 +101,8 @@ def test_a_list_of_runs_predicts_a_folder(demo_sweep: DemoSweep, tmp_path: Path)
         "confidence",
         "uncertainty",
         *UNCERTAINTY,
+        "decision",
+        "reasons",
         *PROBS,
         "error",
         "disclaimer",

@@ -83,19 +83,25 @@ def test_best_checkpoint_is_registered_and_loads_with_pyfunc(
     images = sorted(str(p) for p in (demo_data / "images").glob("*.jpg"))[:4]
     model = mlflow.pyfunc.load_model("models:/derm-classifier@seed-5")
     out = model.predict(pd.DataFrame({"image": images}))
-    assert list(out.columns) == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    assert list(out.columns) == [*classes, "decision", "reasons"]  # selective prediction
+    assert set(out["decision"]) <= {"predict", "abstain"}
+    assert all(isinstance(r, list) for r in out["reasons"])
     assert out.attrs["disclaimer"] == DISCLAIMER
     predictor = SkinLesionPredictor.from_checkpoint(
         tmp_path / "out" / "checkpoint_best.pt", device="cpu"
     )
-    np.testing.assert_allclose(out.to_numpy(), predictor.predict_proba(images), atol=1e-6)
+    probs = out[classes].to_numpy(dtype=float)
+    np.testing.assert_allclose(probs, predictor.predict_proba(images), atol=1e-6)
     raw = [Path(p).read_bytes() for p in images]
     for other in (
         pd.DataFrame({"image": raw}),
         [base64.b64encode(b).decode() for b in raw],
         images,
     ):
-        np.testing.assert_allclose(model.predict(other).to_numpy(), out.to_numpy(), atol=1e-6)
+        np.testing.assert_allclose(
+            model.predict(other)[classes].to_numpy(dtype=float), probs, atol=1e-6
+        )
     with pytest.raises(PredictionInputError, match="neither an existing file nor base64"):
         model.predict(["/no/such/image.jpg"])
     # The same run's same checkpoint is not registered twice (e.g. a resumed run that trained
