@@ -118,7 +118,9 @@ def foreign_group_message(overrides: Sequence[str], config_name: str) -> str | N
     append to your default list use +augment=heavy", which would silently do nothing useful.
     """
     groups = config_groups()
-    asked = [k for k in (_override_key(o).replace(".", "/") for o in overrides) if k in groups]
+    keys = (_override_key(o).replace(".", "/") for o in overrides)
+    # hydra/* groups (conf/hydra/launcher/) belong to every app, not to training
+    asked = [k for k in keys if k in groups and not _is_hydra_group(k)]
     if not asked:
         return None
     used = app_groups(config_name)

@@ -91,6 +91,19 @@ def test_no_function_over_80_lines() -> None:
     assert problem is None, problem
 
 
+def test_explanations_sit_above_inference_and_below_training(graph: Graph) -> None:
+    layers = layer_graph(graph)
+    assert "derm_exp.inference" in layers["derm_exp.explanations"]
+    assert not {"derm_exp.training", "derm_exp.tuning"} & set(layers["derm_exp.explanations"])
+
+
+def test_service_sits_above_inference_and_explanations_and_below_training(graph: Graph) -> None:
+    layers = layer_graph(graph)
+    assert "derm_exp.inference" in layers["derm_exp.service"]
+    assert not {"derm_exp.training", "derm_exp.tuning"} & set(layers["derm_exp.service"])
+    assert "derm_exp.service" in layers["derm_exp.serve"]
+
+
 # --- the checker itself, on small made-up packages -------------------------------------------
 
 

@@ -5,7 +5,8 @@ The report itself (metrics, lesion-level bootstrap CIs, JSON, figures) is
 training run: ``test/*`` metrics (with ``*_ci_low``/``*_ci_high`` and ``*_calibrated``),
 ``temperature``, the abstention threshold fitted on validation (:mod:`.abstention_fit`:
 ``abstain/*``, ``test/abstain_*``, ``test/aurc``, ``test/selective_*_cov90``, stored in the
-checkpoint), ``evaluation/test_metrics.json`` and ``plots/*.png`` (+ training curves), and
+checkpoint), ``evaluation/test_metrics.json`` and ``plots/*.png`` (+ training curves), the
+explanation gallery (``explanations/*.png``, ``explain/*`` metrics; ``explain.gallery``), and
 the training-curve verdict of :mod:`derm_exp.training.diagnosis`: tag ``derm_exp.fit_diagnosis``
 (+ ``_reason``), ``fit/*`` metrics and ``evaluation/fit_diagnosis.json``.
 """
@@ -25,6 +26,7 @@ from derm_exp.data.splits import load_split_csv
 from derm_exp.evaluation import plots
 from derm_exp.evaluation.calibration import apply_temperature, fit_temperature
 from derm_exp.evaluation.report import evaluate_predictions, log_evaluation
+from derm_exp.explanations.gallery import log_training_gallery
 from derm_exp.inference.tta import check_views, views_to_probabilities
 from derm_exp.models.checkpoint import load_checkpoint, save_checkpoint
 from derm_exp.training import abstention_fit
@@ -130,6 +132,7 @@ def final_report(
         extra_figures={"training_curves": curves},
         title="Test",
     )
+    log_training_gallery(cfg, model, loaders.test.dataset.paths, test_labels, probs, CLASSES)
     log.info(
         "test: balanced accuracy %.4f, macro-F1 %.4f, ECE %.4f -> %.4f (T=%.2f)",
         result["balanced_accuracy"],

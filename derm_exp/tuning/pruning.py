@@ -2,8 +2,9 @@
 
 The trainer calls :data:`derm_exp.training.hooks.EPOCH_END_HOOKS` after each validation; raising
 :class:`~derm_exp.training.hooks.TrialPruned` there ends the run as pruned (MLflow status KILLED,
-tag ``derm_exp.pruned=true``). Works when the job runs in the sweeper's process (Hydra's basic
-launcher); jobs in other processes (joblib, cluster launchers) are not pruned.
+tag ``derm_exp.pruned=true``). The sweeper installs a hook for jobs in its own process (Hydra's
+basic launcher); a job in another process (submitit, joblib) installs its own on the same trial,
+through the storage (:mod:`derm_exp.tuning.job_pruning`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class PruningHook:
     def __init__(self, trial: optuna.Trial, objective: str) -> None:
         self.trial = trial
         self.objective = objective
-        self.reports = 0  # stays 0 when the job ran in another process (no pruning there)
+        self.reports = 0  # the sweeper's hook: stays 0 when the job ran in another process
 
     def __call__(self, epoch: int, metrics: dict[str, float]) -> None:
         if self.objective not in metrics:

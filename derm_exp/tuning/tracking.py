@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from derm_exp.tracking.callbacks import MultirunCallback
 from derm_exp.tracking.mlflow_run import mask_credentials, setup_experiment
+from derm_exp.training.hooks import EPOCH_END_HOOKS
 
 KIND_TAG = "derm_exp.kind"
 STUDY_KIND = "optuna_study"
@@ -33,10 +34,28 @@ class DeferredMultirunCallback(MultirunCallback):
     Hydra calls ``on_multirun_start`` before the sweeper opens the study; for a study that is
     already finished, that would create the MLflow store and print a group id that no run ever
     gets. The ``derm_optuna`` sweeper calls :meth:`start` just before its first trial instead.
+    In every job it also installs the job-side pruning hook where the job runs outside the
+    sweeper's process (Hydra pickles the callbacks into submitit's and joblib's jobs).
     """
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         """Nothing yet: see :meth:`start`."""
+
+    def on_job_start(self, config: Any, **kwargs: Any) -> None:
+        """In a job running outside the sweeper's process, report epochs to the trial itself
+        (:mod:`derm_exp.tuning.job_pruning`)."""
+        from derm_exp.tuning.job_pruning import job_pruning_hook
+
+        super().on_job_start(config, **kwargs)
+        self._job_hook = job_pruning_hook(config)
+        if self._job_hook is not None:
+            EPOCH_END_HOOKS.append(self._job_hook)
+
+    def on_job_end(self, config: Any, job_return: Any, **kwargs: Any) -> None:
+        hook = getattr(self, "_job_hook", None)
+        if hook is not None and hook in EPOCH_END_HOOKS:
+            EPOCH_END_HOOKS.remove(hook)
+        self._job_hook = None
 
     def start(self, config: Any) -> None:
         """Create the MLflow store and experiment, and print the sweep's group id."""

@@ -1,13 +1,16 @@
 """The ``derm_optuna`` Hydra sweeper: one Optuna trial per Hydra job, persistent and resumable.
 
 Per trial: Optuna samples the search space, Hydra's launcher runs the training job with those
-overrides, the job's return value (the validation ``objective``) is told to Optuna. With the
-in-process basic launcher, a pruning hook reports the objective after every epoch and stops
-unpromising trials (status PRUNED; their MLflow run KILLED). The loop is ``Study.optimize``, so
-Optuna's heartbeat marks trials of crashed processes FAIL; a stop callback ends the study at
-``n_trials`` finished trials, counted across every process sharing the storage; a re-run of a
-study that already has them runs nothing and creates no sweep folder, group id or MLflow run. A
-trial whose selected model is degenerate is scored the worst value (:mod:`derm_exp.tuning.scoring`).
+overrides, the job's return value (the validation ``objective``) is told to Optuna. A pruning
+hook reports the objective after every epoch and stops unpromising trials (status PRUNED; their
+MLflow run KILLED): installed here for the in-process basic launcher, and by the job itself when
+it runs elsewhere (SLURM, submitit, joblib: :mod:`derm_exp.tuning.job_pruning`, through the
+storage). A job that fails, is cancelled or times out is a FAIL trial and the study goes on.
+The loop is ``Study.optimize``, so Optuna's heartbeat marks trials of crashed processes FAIL; a
+stop callback ends the study at ``n_trials`` finished trials, counted across every process
+sharing the storage; a re-run of a study that already has them runs nothing and creates no
+sweep folder, group id or MLflow run. A trial whose selected model is degenerate is scored the
+worst value (:mod:`derm_exp.tuning.scoring`).
 
 This module is imported by Hydra's plugin scan on every start: heavy imports stay in methods.
 """
@@ -214,11 +217,12 @@ class DermOptunaSweeper(Sweeper):
                 value = math.nan
             if not math.isnan(value):
                 self._failures_in_a_row = 0
-                if not hook.reports and not self._warned_unpruned:
+                if not hook.reports and not _reported(trial) and not self._warned_unpruned:
                     self._warned_unpruned = True
                     log.warning(
-                        "trial %d reported no epoch to the sweeper: %s runs jobs in another "
-                        "process, so trials are not pruned",
+                        "trial %d reported no epoch: %s runs jobs in another process, which "
+                        "reach the study only through a storage (hydra.sweeper.storage), so "
+                        "trials are not pruned",
                         trial.number,
                         type(self.launcher).__name__,
                     )
@@ -242,6 +246,12 @@ class DermOptunaSweeper(Sweeper):
     def _trial_failed(self, trial: Any, error: BaseException | None) -> float:
         """Log why the trial failed; NaN makes Optuna record it as FAIL and go on."""
         self._failures_in_a_row += 1
+        if self._study_run is not None:
+            # a job killed from outside (scancel, time limit) left its MLflow run RUNNING
+            try:
+                self._study_run.end_dead_trial(trial.number)
+            except Exception as exc:  # tracking is a convenience here: never lose a trial
+                log.warning("could not mark trial %d's MLflow run FAILED: %s", trial.number, exc)
         if isinstance(error, SystemExit):
             reason = f"the job exited with code {error.code} (its message is printed above)"
         else:
@@ -380,6 +390,12 @@ class DermOptunaSweeper(Sweeper):
             },
         )
         return self._study_run
+
+
+def _reported(trial: Any) -> bool:
+    """Whether the trial has intermediate values in the storage (reported by its job)."""
+    frozen = trial.study._storage.get_trial(trial._trial_id)
+    return bool(frozen.intermediate_values)
 
 
 def _pruned_types() -> tuple[type[BaseException], ...]:

@@ -14,6 +14,7 @@ import pytest
 from derm_exp.config import PROJECT_ROOT
 from derm_exp.data.errors import DataValidationError
 from derm_exp.models.checkpoint import load_checkpoint
+from tests.cli import run_module
 from tests.conftest import compose_train
 from tests.inference.conftest import TrainedModel, session_model
 
@@ -147,15 +148,7 @@ def test_missing_images_in_a_split_csv_fail_clearly(
 
 
 def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_module(module, *args, cwd=cwd)
 
 
 @pytest.mark.slow

@@ -10,16 +10,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from omegaconf import open_dict
 
-from derm_exp.config import PROJECT_ROOT
+from tests.cli import cli_env, run_module
 from tests.conftest import compose_train
 from tests.tiny import tiny
 
@@ -77,24 +75,12 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> 
 # ---------------------------------------------------------------------------------------------
 # The README's seed workflow on the demo experiment, run once per session as a user runs it.
 
-CLI_ENV = {
-    **os.environ,
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "HF_HUB_OFFLINE": "1",
-    "HYDRA_FULL_ERROR": "0",
-}
+CLI_ENV = cli_env()
 
 
 def run_cli(module: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` from the project root (this checkout first on the path)."""
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=PROJECT_ROOT,
-        env=CLI_ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_module(module, *args, timeout=timeout)
 
 
 @dataclass(frozen=True)

@@ -4,31 +4,20 @@ an older file still predicts and resumes, a newer one is one ``error:`` line."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from derm_exp.config import PROJECT_ROOT
 from derm_exp.models.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
+from tests.cli import run_module
 
 
 def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_module(module, *args, cwd=cwd)
 
 
 def _as_version_1(ck: dict) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import run_module
 from tests.tiny import tiny
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,14 +57,8 @@ def train_cmd(args: list[str]) -> list[str]:
 
 def run_train(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the training CLI to completion and capture its output."""
-    return subprocess.run(
-        train_cmd(args),
-        cwd=ROOT,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=restore_sigint,
+    return run_module(
+        "derm_exp.train", *args, cwd=ROOT, timeout=timeout, env=cli_env(), preexec_fn=restore_sigint
     )
 
 

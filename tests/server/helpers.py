@@ -7,11 +7,13 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests import cli
+from tests.cli import cli_env
 
 N_DEMO_IMAGES = 400  # data.demo.n_images of every CLI run here (the README's default: 800)
 
@@ -22,22 +24,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cli_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1", **extra}
-
-
 def run_module(
     module: str, args: list[str], cwd: Path, timeout: float = 600, **env: str
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=cli_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    """``python -m module args`` in ``cwd`` with ``env`` added to the CLI environment."""
+    return cli.run_module(module, *args, cwd=cwd, timeout=timeout, env=cli_env(**env))
 
 
 @dataclass

@@ -1,0 +1,162 @@
+"""The end-of-training gallery: per class, test images the model got right and wrong, with their
+heat maps, and the sanity figures, logged to the active MLflow run.
+
+Artifacts ``explanations/gallery_<class>.png`` (right images framed green, wrong ones red),
+``explanations/sanity.png`` and ``explanations/sanity.json``; metrics ``explain/*`` (see
+:meth:`~derm_exp.explanations.sanity.SanityReport.metrics`). Switched by ``explain.gallery``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from derm_exp.data.images import BadImageError, load_image
+from derm_exp.data.transforms import build_eval_transform
+from derm_exp.explanations.figures import METHOD_TITLES, Tile, sanity_figure, tile_sheet
+from derm_exp.explanations.methods import explain_batch, has_attention
+from derm_exp.explanations.overlay import input_box, overlay
+from derm_exp.explanations.sanity import sanity_check
+
+log = logging.getLogger(__name__)
+
+
+def pick_examples(labels: np.ndarray, probs: np.ndarray, per_class: int) -> dict[int, list[int]]:
+    """Per true class: up to ``per_class`` right then ``per_class`` wrong test indices, the most
+    confident of each first."""
+    predicted, confidence = probs.argmax(1), probs.max(1)
+    picked: dict[int, list[int]] = {}
+    for c in range(probs.shape[1]):
+        chosen: list[int] = []
+        for right in (True, False):
+            idx = np.flatnonzero((labels == c) & ((predicted == c) == right))
+            chosen += idx[np.argsort(-confidence[idx], kind="stable")][:per_class].tolist()
+        if chosen:
+            picked[c] = chosen
+    return picked
+
+
+def _tiles(
+    model: nn.Module,
+    paths: Sequence[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    indices: list[int],
+    classes: Sequence[str],
+    method: str,
+) -> tuple[list[Tile], torch.Tensor]:
+    """Overlays of the images at ``indices`` (unreadable ones left out) and their batch."""
+    data_config = model.data_config
+    transform = build_eval_transform(data_config)
+    images, kept = [], []
+    for i in indices:
+        try:
+            images.append(load_image(paths[i]))
+            kept.append(i)
+        except BadImageError as exc:
+            log.warning("gallery: skipping %s", exc)
+    if not images:
+        return [], torch.empty(0)
+    batch = torch.stack([transform(im) for im in images])
+    maps = explain_batch(model, batch, method=method, targets=probs[kept].argmax(1).tolist())
+    tiles = []
+    for image, heat, i in zip(images, maps, kept, strict=True):
+        pred = int(probs[i].argmax())
+        right = pred == int(labels[i])
+        tiles.append(
+            Tile(
+                overlay(image, heat, box=input_box(image.size, data_config)),
+                f"true {classes[labels[i]]}, pred {classes[pred]} {probs[i, pred]:.0%}",
+                "right" if right else "wrong",
+                "tab:green" if right else "tab:red",
+            )
+        )
+    return tiles, batch
+
+
+def log_explanation_gallery(
+    model: nn.Module,
+    paths: Sequence[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+    settings: Mapping[str, Any],
+) -> dict[str, float]:
+    """Log the gallery and the sanity figures to the active MLflow run; return the metrics.
+
+    ``settings``: ``per_class`` (right and wrong images per class), ``method`` (gradcam, ...;
+    ``attention`` falls back to gradcam for heads without attention), ``sanity_images``.
+    """
+    import mlflow
+
+    start = time.monotonic()
+    method = str(settings.get("method", "gradcam"))
+    if method == "attention" and not has_attention(model):
+        method = "gradcam"
+    labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=np.float64)
+    picked = pick_examples(labels, probs, int(settings.get("per_class", 2)))
+    batches = []
+    for c, indices in picked.items():
+        tiles, batch = _tiles(model, paths, labels, probs, indices, classes, method)
+        if not tiles:
+            continue
+        batches.append(batch)
+        title = f"{METHOD_TITLES.get(method, method)}: test images of class {classes[c]}"
+        figure = tile_sheet(tiles, title=title, columns=len(tiles))
+        mlflow.log_figure(figure, f"explanations/gallery_{classes[c]}.png")
+        _close(figure)
+    n_sanity = int(settings.get("sanity_images", 8))
+    if not batches or n_sanity <= 0:
+        return {}
+    report = sanity_check(model, torch.cat(batches)[:n_sanity], method=method)
+    metrics = report.metrics()
+    mlflow.log_metrics(metrics)
+    figure = sanity_figure(report)
+    mlflow.log_figure(figure, "explanations/sanity.png")
+    _close(figure)
+    cascade = [{"randomised_through": n, "spearman": v} for n, v in report.cascade]
+    mlflow.log_dict({**metrics, "method": method, "cascade": cascade}, "explanations/sanity.json")
+    log.info("%s", report.summary())
+    log.info(
+        "explanation gallery: %d image(s) of %d class(es) in %.1f s",
+        sum(len(b) for b in batches),
+        len(batches),
+        time.monotonic() - start,
+    )
+    return metrics
+
+
+def _close(figure: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+
+
+def log_training_gallery(
+    cfg: Any,
+    model: nn.Module,
+    paths: Sequence[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    classes: Sequence[str],
+) -> dict[str, float]:
+    """:func:`log_explanation_gallery` at the end of a training run when ``cfg.explain.gallery``
+    is on. A failure costs the gallery (a warning and tag ``derm_exp.explain_gallery_error``),
+    never the finished run."""
+    settings = cfg.get("explain") or {}
+    if not settings.get("gallery", False):
+        return {}
+    try:
+        return log_explanation_gallery(model, paths, labels, probs, classes, settings)
+    except Exception as exc:  # noqa: BLE001 - optional figures must not lose a trained model
+        import mlflow
+
+        log.warning("explanation gallery skipped (%s: %s)", type(exc).__name__, exc)
+        mlflow.set_tag("derm_exp.explain_gallery_error", f"{type(exc).__name__}: {exc}"[:500])
+        return {}
