@@ -63,6 +63,7 @@ def check_inputs(cfg: DictConfig) -> None:
     if cfg.split_csv is not None and not Path(cfg.split_csv).expanduser().is_file():
         raise DataValidationError(f"split_csv={cfg.split_csv}: no such file")
     check_data_root(cfg.data.root, cfg.data.metadata_file)
+    selective_coverages(cfg)
 
 
 def evaluation_frame(cfg: DictConfig, source: Any) -> tuple[Any, str]:
@@ -302,7 +303,7 @@ def score(cfg: DictConfig, p: Predictions, classes: list[str]) -> dict[str, Any]
         alpha=float(cfg.bootstrap.alpha),
         calibrated_probs=p.calibrated,
         n_bins=int(cfg.n_bins),
-        coverages=[float(c) for c in cfg.get("selective_coverages", (0.9, 0.8))],
+        coverages=selective_coverages(cfg),
     )
     if p.groups is None and cfg.lesion_level and "bootstrap" in result:
         result["bootstrap"]["resampled"] = "lesions"
@@ -324,6 +325,19 @@ def stored_abstention(source: Any, p: Predictions) -> dict[str, Any] | None:
         "val": entry.get("val"),
         "on_data": apply_threshold(p.y, p.calibrated, float(entry["threshold"])),
     }
+
+
+def selective_coverages(cfg: DictConfig) -> list[float]:
+    """``selective_coverages`` as numbers (one value is a one-item list); a clear error else."""
+    from derm_exp.config import as_list
+    from derm_exp.errors import ConfigError
+
+    values = as_list(cfg.get("selective_coverages", [0.9, 0.8]))
+    if not values or not all(
+        isinstance(c, int | float) and not isinstance(c, bool) and 0 < c <= 1 for c in values
+    ):
+        raise ConfigError(f"selective_coverages={values}: a list of numbers in (0, 1]")
+    return [float(c) for c in values]
 
 
 def describe_model(cfg: DictConfig, source: Any, loaded: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import mlflow
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from derm_exp.config import as_list
 from derm_exp.evaluation.selective import DEFAULT_COVERAGES, apply_threshold, fit_threshold
 from derm_exp.inference.abstention import DEFAULT_MAX_VIEW_STD
 from derm_exp.inference.input_quality import QualityThresholds
@@ -39,7 +40,7 @@ def abstain_settings(cfg: DictConfig) -> dict[str, Any]:
 def selective_coverages(cfg: DictConfig) -> tuple[float, ...]:
     """``evaluation.selective_coverages`` (default 0.9, 0.8)."""
     values = OmegaConf.select(cfg, "evaluation.selective_coverages", default=None)
-    return DEFAULT_COVERAGES if values is None else tuple(float(v) for v in values)
+    return DEFAULT_COVERAGES if values is None else tuple(float(v) for v in as_list(values))
 
 
 def fit_abstention(

@@ -42,3 +42,17 @@ def test_evaluate_reports_selective_prediction(trained_model: TrainedModel, tmp_
     assert 0 <= stored["on_data"]["coverage"] <= 1
     assert (out / "plots" / "risk_coverage.png").is_file()
     assert "AURC" in proc.stdout and "abstention threshold" in proc.stdout
+
+
+def test_bad_coverages_are_a_clear_error_before_any_work(tmp_path: Path) -> None:
+    proc = run_cli(
+        "derm_exp.evaluate",
+        f"model={tmp_path / 'missing.pt'}",
+        "selective_coverages=[0.9,1.5]",
+        "tracking.enabled=false",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "error: selective_coverages=[0.9, 1.5]" in proc.stderr
+    assert "Traceback" not in proc.stderr
