@@ -8,10 +8,12 @@ tests call it without Hydra.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -66,7 +68,7 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
     resumed = None
     if cfg.resume and distributed.is_main():
         resumed = resume_mod.load_for_resume(cfg, overrides or [])
-    resumed = distributed.broadcast_saved(resumed)
+    resumed = resume_mod.share_across_ranks(resumed)
     if resumed is not None:
         cfg = resumed.config
     validate_config(cfg)  # every setting, before any work
@@ -89,10 +91,11 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
     run = set_up_run(cfg, Path(output_dir), resumed, device, precision)
     state = restore_state(run.parts, resumed.checkpoint) if resumed else RunState()
     if not distributed.is_main():
-        train_epochs(run, state)
+        with _peer_failures(None, run.paths):
+            train_epochs(run, state)
         return math.nan  # rank 0 evaluates, reports and returns the objective
     run_id = open_run(cfg, experiment_id, run.meta["choices"], resumed.run_id if resumed else None)
-    with run_outcome(cfg, run_id, run.paths) as outcome:
+    with run_outcome(cfg, run_id, run.paths) as outcome, _peer_failures(run_id, run.paths):
         run.meta["run_id"] = run_id
         log_run_start(
             cfg,
@@ -118,6 +121,31 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
         outcome.status = "FINISHED"
         _print_summary(cfg, run_id, state, result)
         return resume_mod.best_objective(state.history, state.best.epoch, str(cfg.objective))
+
+
+@contextlib.contextmanager
+def _peer_failures(run_id: str | None, paths: CheckpointPaths) -> Iterator[None]:
+    """Under DDP, a failed collective or torchrun's SIGTERM becomes one
+    :class:`~.distributed.PeerFailure` that names the run (marked FAILED by ``run_outcome``
+    around it, so it can be resumed) and how to continue it."""
+    try:
+        yield
+    except RuntimeError as exc:
+        failure = distributed.as_peer_failure(exc)
+        if failure is None:
+            raise
+        if run_id is None:  # a non-zero rank: rank 0 reports
+            raise failure from None
+        where = "No epoch had completed: nothing to resume, rerun once fixed."
+        if paths.latest.is_file():
+            where = (
+                f"Training state is safe: last good checkpoint {paths.latest}. Continue with: "
+                f"torchrun --nproc_per_node={distributed.world_size()} -m derm_exp.train "
+                f"resume={run_id}"
+            )
+        raise distributed.PeerFailure(
+            f"{failure}; MLflow run {run_id} marked FAILED. {where}"
+        ) from None
 
 
 # --- setup ------------------------------------------------------------------------------------
