@@ -50,7 +50,7 @@ def main(cfg: DictConfig) -> float:
     output_dir = hc.runtime.output_dir
     with report_user_errors(), _quiet_on_other_ranks():
         if distributed.env_world_size() > 1:
-            distributed.install_signal_handlers()  # SIGTERM: cleanup once, no traceback
+            distributed.install_signal_handlers()  # SIGTERM / Ctrl-C: cleanup once, no traceback
             timeout = cfg.trainer.get("ddp_timeout_s") or 1800
             distributed.init(resolve_device(cfg.device), timeout)
             output_dir = distributed.broadcast(output_dir)  # rank 0's folder for every rank
@@ -62,16 +62,16 @@ def main(cfg: DictConfig) -> float:
 
 @contextlib.contextmanager
 def _quiet_on_other_ranks() -> Iterator[None]:
-    """Non-zero DDP ranks stop silently on a peer failure: rank 0 prints the one message (and
-    torchrun its summary of which rank failed)."""
+    """Non-zero DDP ranks stop silently on Ctrl-C and on a peer failure: rank 0 prints the one
+    message (and torchrun its summary of which rank failed)."""
     from derm_exp.training.distributed import PeerFailure, env_rank
 
     try:
         yield
-    except PeerFailure:
+    except (KeyboardInterrupt, PeerFailure) as exc:
         if env_rank() == 0:
             raise
-        sys.exit(1)
+        sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
 
 
 # Hydra settings of the non-zero DDP ranks: they write nothing, so they must not create a

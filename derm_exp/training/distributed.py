@@ -57,14 +57,19 @@ def as_peer_failure(exc: BaseException) -> PeerFailure | None:
 
 def install_signal_handlers() -> None:
     """Under torchrun: SIGTERM (torchrun's "a peer died, stop" or a job scheduler's cancel)
-    raises :class:`PeerFailure`, once: torchrun may signal again while the first is being
-    handled (marking the run), which must not interrupt that cleanup."""
+    raises :class:`PeerFailure`, and Ctrl-C raises KeyboardInterrupt, each once: torchrun
+    forwards the signal a second time while the first is being handled (marking the run,
+    logging the checkpoint), which must not interrupt that cleanup."""
 
     def handle(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise PeerFailure("stopped by the launcher (SIGTERM): another DDP process failed")
 
     signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
 
 
 def env_world_size() -> int:

@@ -1,5 +1,5 @@
-"""A 2-process gloo torchrun of ``experiment=demo`` that loses a rank mid-epoch: every process
-ends, the last checkpoint is intact, the MLflow run says how it ended, and the
+"""A 2-process gloo torchrun of ``experiment=demo`` that loses a rank mid-epoch, or gets Ctrl-C:
+every process ends, the last checkpoint is intact, the MLflow run says how it ended, and the
 run resumes to the end."""
 
 from __future__ import annotations
@@ -165,3 +165,26 @@ def test_a_rank_killed_mid_epoch_stops_the_run_and_resume_finishes_it(tmp_path: 
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")]
     assert steps == [1, 2, 3, 4]
     assert load_checkpoint(tmp_path / "out2" / "checkpoint_latest.pt")["epoch"] == 3
+
+
+def test_ctrl_c_stops_both_ranks_and_marks_the_run_killed(tmp_path: Path) -> None:
+    log = tmp_path / "torchrun.log"
+    proc = _start(tmp_path, log)
+    try:
+        _wait_for_first_epoch(proc, tmp_path, log)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        rc = proc.wait(2 * TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert rc != 0, output[-4000:]
+    assert not _leftovers(tmp_path)
+    _assert_no_rank_traceback(output)
+    assert "interrupted (run" in output and "marked KILLED" in output
+    client, run = _run(tmp_path)
+    assert run.info.status == "KILLED"
+    latest = load_checkpoint(tmp_path / "out" / "checkpoint_latest.pt")
+    assert latest["run_id"] == run.info.run_id and latest["epoch"] < 3 and _intact(latest)
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert "checkpoints/checkpoint_latest.pt" in logged
