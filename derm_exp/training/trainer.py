@@ -44,6 +44,7 @@ from derm_exp.training.loop import (
     StepContext,
     check_finite_weights,
     compile_for_training,
+    optimizer_steps,
     train_one_epoch,
 )
 from derm_exp.training.losses import build_criterion, loss_class_weights
@@ -111,7 +112,9 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
             mlflow.set_tags(
                 {
                     "derm_exp.ddp_world_size": world,
-                    "derm_exp.global_batch_size": int(cfg.data.batch_size) * world,
+                    "derm_exp.global_batch_size": int(cfg.data.batch_size)
+                    * world
+                    * accumulation(cfg),
                 }
             )
         train_epochs(run, state)
@@ -229,6 +232,7 @@ def build_parts(
         channels_last=bool(cfg.trainer.channels_last),
         grad_clip_norm=cfg.trainer.grad_clip_norm,
         log_every_n_steps=int(cfg.trainer.log_every_n_steps),
+        accumulate_grad_batches=accumulation(cfg),
     )
     return TrainParts(
         model=model,
@@ -239,6 +243,11 @@ def build_parts(
         ctx=ctx,
         scaler=torch.amp.GradScaler(device.type) if precision.use_scaler else None,
     )
+
+
+def accumulation(cfg: DictConfig) -> int:
+    """``trainer.accumulate_grad_batches`` (1 for checkpoints of runs made before it existed)."""
+    return int(cfg.trainer.get("accumulate_grad_batches") or 1)
 
 
 def _training_module(
@@ -290,7 +299,8 @@ def train_epochs(run: Run, state: RunState) -> None:
     """
     cfg, parts = run.cfg, run.parts
     resume = run.resumed.checkpoint if run.resumed is not None else None
-    optimizers = StageOptimizers(cfg, parts.model, len(run.loaders.train), state.epoch, resume)
+    updates = optimizer_steps(len(run.loaders.train), accumulation(cfg))  # per epoch
+    optimizers = StageOptimizers(cfg, parts.model, updates, state.epoch, resume)
     if resume is not None:
         set_rng_state(resume["rng"])
     trainable = _trainable(parts.model)
