@@ -26,6 +26,7 @@ RESUMABLE_KEYS = (
     "trainer.max_time_minutes",
     "trainer.early_stopping_patience",
     "trainer.log_every_n_steps",
+    "trainer.ddp_timeout_s",
     "data.num_workers",
     "data.root",
     "data.demo.dir",

@@ -86,8 +86,10 @@ def test_resume_with_another_world_size_warns_once(
     with open_dict(tiny_cfg):
         tiny_cfg.resume = str(latest)
         tiny_cfg.trainer.max_epochs = 2
+        tiny_cfg.trainer.ddp_timeout_s = 60  # changeable on resume: it changes no result
+    overrides = [f"resume={latest}", "trainer.max_epochs=2", "trainer.ddp_timeout_s=60"]
     with caplog.at_level(logging.WARNING, logger="derm_exp"):
-        fit(tiny_cfg, tmp_path / "second", overrides=[f"resume={latest}", "trainer.max_epochs=2"])
+        fit(tiny_cfg, tmp_path / "second", overrides=overrides)
     warnings = [r.getMessage() for r in caplog.records if "process(es)" in r.getMessage()]
     assert len(warnings) == 1, warnings
     assert "trained with 2 process(es) on 1" in warnings[0]
