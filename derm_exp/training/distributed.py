@@ -37,9 +37,10 @@ class PeerFailure(UserError, RuntimeError):
     """
 
 
-# Messages of collective failures: gloo raises a plain RuntimeError when a peer's connection
-# drops or a collective times out (NCCL raises DistBackendError, a DistError).
-_PEER_SIGNS = ("gloo", "nccl", "connection reset", "connection closed", "timed out", "timeout")
+# gloo raises a plain RuntimeError whose message starts with its source path when a peer's
+# connection drops or a collective times out ("[.../gloo/transport/tcp/pair.cc:545] Read error
+# ... Connection reset by peer"); NCCL failures are DistBackendError, a DistError.
+_PEER_SIGNS = ("gloo/", "nccl")
 
 
 def as_peer_failure(exc: BaseException) -> PeerFailure | None:
@@ -66,7 +67,9 @@ def install_signal_handlers() -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
-        raise PeerFailure("stopped by the launcher (SIGTERM): another DDP process failed")
+        raise PeerFailure(
+            "stopped by the launcher (SIGTERM): another DDP process failed or the job was stopped"
+        )
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
