@@ -11,9 +11,11 @@ Research and education only: not a medical device. Examples::
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import hydra
@@ -46,8 +48,9 @@ def main(cfg: DictConfig) -> float:
 
     hc = HydraConfig.get()
     output_dir = hc.runtime.output_dir
-    with report_user_errors():
+    with report_user_errors(), _quiet_on_other_ranks():
         if distributed.env_world_size() > 1:
+            distributed.install_signal_handlers()  # SIGTERM / Ctrl-C: cleanup once, no traceback
             timeout = cfg.trainer.get("ddp_timeout_s") or 1800
             distributed.init(resolve_device(cfg.device), timeout)
             output_dir = distributed.broadcast(output_dir)  # rank 0's folder for every rank
@@ -55,6 +58,20 @@ def main(cfg: DictConfig) -> float:
             return fit(cfg, Path(output_dir), overrides=list(hc.overrides.task))
         finally:
             distributed.teardown()
+
+
+@contextlib.contextmanager
+def _quiet_on_other_ranks() -> Iterator[None]:
+    """Non-zero DDP ranks stop silently on Ctrl-C and on a peer failure: rank 0 prints the one
+    message (and torchrun its summary of which rank failed)."""
+    from derm_exp.training.distributed import PeerFailure, env_rank
+
+    try:
+        yield
+    except (KeyboardInterrupt, PeerFailure) as exc:
+        if env_rank() == 0:
+            raise
+        sys.exit(130 if isinstance(exc, KeyboardInterrupt) else 1)
 
 
 # Hydra settings of the non-zero DDP ranks: they write nothing, so they must not create a

@@ -16,7 +16,7 @@ from derm_exp.data.metadata import CLASSES, load_metadata
 from derm_exp.data.synthetic import resolve_data_root
 from derm_exp.data.transforms import build_eval_transform, build_train_transform
 from derm_exp.models.classifier import build_model
-from derm_exp.perf import compare, inference, report, training
+from derm_exp.perf import compare, ddp, inference, report, training
 from derm_exp.perf.loader import loader_throughput
 from derm_exp.perf.settings import check_benchmark_config
 from derm_exp.perf.timing import environment, peak_memory
@@ -210,7 +210,8 @@ def _run_sections(
     precision: Any,
     size: int,
 ) -> dict[str, Any]:
-    """The figures of each selected section, in the order loader, train, inference, compare."""
+    """The figures of each selected section, in the order loader, train, inference, compare,
+    ddp."""
     out: dict[str, Any] = {}
     if "loader" in sections:
         log.info("benchmark: data loading (JPEG vs cache)")
@@ -233,6 +234,9 @@ def _run_sections(
     if "compare" in sections:
         log.info("benchmark: option comparisons (AMP, AdamW, compile)")
         out["compare"] = compare_section(cfg, model, device, size)
+    if "ddp" in sections:
+        log.info("benchmark: training loop in 1 vs %s DDP processes", cfg.benchmark.ddp_processes)
+        out["ddp"] = ddp.ddp_section(cfg, device)
     return out
 
 

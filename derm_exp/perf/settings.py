@@ -8,7 +8,7 @@ from derm_exp.config import as_list
 from derm_exp.data.metadata import check_data_root
 from derm_exp.training.validate import AMP_MODES, ConfigError
 
-SECTIONS = ("loader", "train", "inference", "compare")
+SECTIONS = ("loader", "train", "inference", "compare", "ddp")
 
 
 def check_benchmark_config(cfg: DictConfig) -> list[str]:
@@ -24,6 +24,8 @@ def check_benchmark_config(cfg: DictConfig) -> list[str]:
     for key in ("warmup", "batches", "loader_passes", "repeats"):
         if int(b[key]) < (0 if key == "warmup" else 1):
             problems.append(f"benchmark.{key}={b[key]} is too small")
+    if "ddp" in sections and int(b.get("ddp_processes") or 0) < 2:
+        problems.append(f"benchmark.ddp_processes={b.get('ddp_processes')} must be >= 2")
     if int(b.get("loader_pass_images") or 0) < 0:
         problems.append(f"benchmark.loader_pass_images={b.loader_pass_images} is negative")
     for amp in b.inference_amp:

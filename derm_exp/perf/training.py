@@ -17,10 +17,10 @@ from derm_exp.data.metadata import CLASSES
 from derm_exp.perf.timing import median, sync
 from derm_exp.runtime import Precision
 from derm_exp.training.data_setup import Loaders, build_loaders, split_frame
-from derm_exp.training.loop import train_one_epoch
+from derm_exp.training.loop import optimizer_steps, train_one_epoch
 from derm_exp.training.schedulers import BatchScheduler
 from derm_exp.training.stages import ALL_LAYERS, make_optimizer, stage_bounds
-from derm_exp.training.trainer import TrainParts, build_parts
+from derm_exp.training.trainer import TrainParts, accumulation, build_parts
 
 
 @dataclass
@@ -48,7 +48,8 @@ def build_train_parts(
     costlier one per step."""
     parts = build_parts(cfg, model, loaders.train_labels, device, precision)
     start, end = stage_bounds(cfg, ALL_LAYERS)
-    optimizer, scheduler = make_optimizer(cfg, model, ALL_LAYERS, end - start, len(loaders.train))
+    updates = optimizer_steps(len(loaders.train), accumulation(cfg))
+    optimizer, scheduler = make_optimizer(cfg, model, ALL_LAYERS, end - start, updates)
     return TimedTraining(parts, optimizer, scheduler, ALL_LAYERS)
 
 

@@ -14,6 +14,7 @@ import datetime
 import io
 import logging
 import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +22,57 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from derm_exp.errors import UserError
+
 log = logging.getLogger(__name__)
+
+
+class PeerFailure(UserError, RuntimeError):
+    """Another process of the DDP run died or stopped answering, or the launcher stopped this one.
+
+    torchrun itself notices a dead worker and SIGTERMs the others (SIGKILL 30 s later); a peer
+    that hangs instead makes the others' collectives fail after ``trainer.ddp_timeout_s``. What
+    is ours: turning both into this one exception, so rank 0 marks the MLflow run FAILED and
+    prints one ``error:`` line (where the last good checkpoint is), and no rank prints a traceback.
+    """
+
+
+# gloo raises a plain RuntimeError whose message starts with its source path when a peer's
+# connection drops or a collective times out ("[.../gloo/transport/tcp/pair.cc:545] Read error
+# ... Connection reset by peer"); NCCL failures are DistBackendError, a DistError.
+_PEER_SIGNS = ("gloo/", "nccl")
+
+
+def as_peer_failure(exc: BaseException) -> PeerFailure | None:
+    """``exc`` as a :class:`PeerFailure` when it is a failed collective under DDP, else None."""
+    if isinstance(exc, PeerFailure):
+        return exc
+    if not is_distributed() or not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc).lower()
+    if isinstance(exc, dist.DistError) or any(s in text for s in _PEER_SIGNS):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return PeerFailure(f"another DDP process failed or stopped answering ({first[:200]})")
+    return None
+
+
+def install_signal_handlers() -> None:
+    """Under torchrun: SIGTERM (torchrun's "a peer died, stop" or a job scheduler's cancel)
+    raises :class:`PeerFailure`, and Ctrl-C raises KeyboardInterrupt, each once: torchrun
+    forwards the signal a second time while the first is being handled (marking the run,
+    logging the checkpoint), which must not interrupt that cleanup."""
+
+    def handle(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise PeerFailure(
+            "stopped by the launcher (SIGTERM): another DDP process failed or the job was stopped"
+        )
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
 
 
 def env_world_size() -> int:

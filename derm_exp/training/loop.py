@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -44,6 +45,41 @@ class StepContext:
     channels_last: bool = True
     grad_clip_norm: float | None = None
     log_every_n_steps: int = 20
+    accumulate_grad_batches: int = 1
+
+
+def optimizer_steps(batches: int, accumulate: int) -> int:
+    """Optimizer updates in an epoch of ``batches`` micro-batches accumulated ``accumulate`` at a
+    time: the last, partial group of an epoch steps too."""
+    return math.ceil(batches / accumulate)
+
+
+def _no_sync(model: nn.Module, skip_sync: bool) -> contextlib.AbstractContextManager:
+    """DDP's ``no_sync()`` (no gradient all-reduce: it happens on the group's last micro-batch)
+    when ``skip_sync``; a null context otherwise and for a plain module."""
+    ddp = getattr(model, "_orig_mod", model)  # under torch.compile
+    if skip_sync and isinstance(ddp, nn.parallel.DistributedDataParallel):
+        return ddp.no_sync()
+    return contextlib.nullcontext()
+
+
+def _optimizer_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    ctx: StepContext,
+) -> None:
+    """Clip (after unscaling) and step on the accumulated gradients, then clear them."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if ctx.grad_clip_norm:
+        nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
 
 
 def _to_device(x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -82,40 +118,40 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """Train for one pass over ``loader``; returns mean loss and accuracy.
 
-    Losses and correct counts accumulate on the device; the host syncs only every
-    ``log_every_n_steps`` batches (progress bar) and at the end.
+    With ``ctx.accumulate_grad_batches`` = k, gradients of k consecutive batches add up before
+    one optimizer step (each loss scaled by 1/k; by 1/r for the epoch's last group of r < k);
+    the LR schedule and EMA advance per optimizer step, whose number ``update`` counts from
+    ``first_update``. Losses and correct counts accumulate on the device; the host syncs only
+    every ``log_every_n_steps`` batches (progress bar) and at the end.
     """
     model.train()
     loss_sum = torch.zeros((), device=ctx.device)
     correct = torch.zeros((), device=ctx.device)
     seen = 0
     update = first_update
+    k, batches = ctx.accumulate_grad_batches, len(loader)
+    optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
     for step, (images, targets) in enumerate(bar):
         images, targets = _to_device(images, ctx), targets.to(ctx.device, non_blocking=True)
         hard = targets
         if mixup is not None and images.shape[0] % 2 == 0:
             images, targets = mixup(images, targets)
-        scheduler.step(update)
-        with ctx.precision.autocast(ctx.device):
-            logits = model(images)
-            loss = criterion(logits.float(), targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if ctx.grad_clip_norm:
-            nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip_norm)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        if ema is not None:
-            ema.update(distributed.unwrap(model), step=update)  # torch.compile / DDP
-        update += 1
+        group = min(k, batches - step + step % k)  # micro-batches in this step's group
+        last = step % k == group - 1
+        if step % k == 0:
+            scheduler.step(update)
+        with _no_sync(model, not last):  # the forward too, as DDP's no_sync() asks
+            with ctx.precision.autocast(ctx.device):
+                logits = model(images)
+                loss = criterion(logits.float(), targets)
+            scaled = loss / group if group > 1 else loss
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        if last:
+            _optimizer_step(model, optimizer, scaler, ctx)
+            if ema is not None:
+                ema.update(distributed.unwrap(model), step=update)  # torch.compile / DDP
+            update += 1
         batch = images.shape[0]
         seen += batch
         loss_sum += loss.detach() * batch

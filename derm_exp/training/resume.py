@@ -9,7 +9,7 @@ or only runs its final evaluation when no epoch is left.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ RESUMABLE_KEYS = (
     "trainer.max_time_minutes",
     "trainer.early_stopping_patience",
     "trainer.log_every_n_steps",
+    "trainer.ddp_timeout_s",
     "data.num_workers",
     "data.root",
     "data.demo.dir",
@@ -52,6 +53,18 @@ class Resumed:
     run_id: str
     best_path: Path | None
     checkpoint_path: Path | None = None
+
+
+def share_across_ranks(resumed: Resumed | None) -> Resumed | None:
+    """Rank 0's ``resumed`` on every DDP rank (itself alone): the checkpoint travels in
+    ``torch.save`` form and loads ``weights_only`` (tensors and containers), the rest pickled."""
+    from derm_exp.training import distributed
+
+    if not distributed.is_distributed():
+        return resumed
+    checkpoint = distributed.broadcast_saved(resumed.checkpoint if resumed else None)
+    rest = distributed.broadcast(replace(resumed, checkpoint={}) if resumed else None)
+    return None if rest is None else replace(rest, checkpoint=checkpoint)
 
 
 def locate_checkpoint(ref: str, tracking_uri: str) -> Path:

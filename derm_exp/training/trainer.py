@@ -8,10 +8,12 @@ tests call it without Hydra.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -42,6 +44,7 @@ from derm_exp.training.loop import (
     StepContext,
     check_finite_weights,
     compile_for_training,
+    optimizer_steps,
     train_one_epoch,
 )
 from derm_exp.training.losses import build_criterion, loss_class_weights
@@ -66,7 +69,7 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
     resumed = None
     if cfg.resume and distributed.is_main():
         resumed = resume_mod.load_for_resume(cfg, overrides or [])
-    resumed = distributed.broadcast_saved(resumed)
+    resumed = resume_mod.share_across_ranks(resumed)
     if resumed is not None:
         cfg = resumed.config
     validate_config(cfg)  # every setting, before any work
@@ -89,10 +92,11 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
     run = set_up_run(cfg, Path(output_dir), resumed, device, precision)
     state = restore_state(run.parts, resumed.checkpoint) if resumed else RunState()
     if not distributed.is_main():
-        train_epochs(run, state)
+        with _peer_failures(None, run.paths):
+            train_epochs(run, state)
         return math.nan  # rank 0 evaluates, reports and returns the objective
     run_id = open_run(cfg, experiment_id, run.meta["choices"], resumed.run_id if resumed else None)
-    with run_outcome(cfg, run_id, run.paths) as outcome:
+    with run_outcome(cfg, run_id, run.paths) as outcome, _peer_failures(run_id, run.paths):
         run.meta["run_id"] = run_id
         log_run_start(
             cfg,
@@ -108,7 +112,9 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
             mlflow.set_tags(
                 {
                     "derm_exp.ddp_world_size": world,
-                    "derm_exp.global_batch_size": int(cfg.data.batch_size) * world,
+                    "derm_exp.global_batch_size": int(cfg.data.batch_size)
+                    * world
+                    * accumulation(cfg),
                 }
             )
         train_epochs(run, state)
@@ -118,6 +124,31 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
         outcome.status = "FINISHED"
         _print_summary(cfg, run_id, state, result)
         return resume_mod.best_objective(state.history, state.best.epoch, str(cfg.objective))
+
+
+@contextlib.contextmanager
+def _peer_failures(run_id: str | None, paths: CheckpointPaths) -> Iterator[None]:
+    """Under DDP, a failed collective or torchrun's SIGTERM becomes one
+    :class:`~.distributed.PeerFailure` that names the run (marked FAILED by ``run_outcome``
+    around it, so it can be resumed) and how to continue it."""
+    try:
+        yield
+    except RuntimeError as exc:
+        failure = distributed.as_peer_failure(exc)
+        if failure is None:
+            raise
+        if run_id is None:  # a non-zero rank: rank 0 reports
+            raise failure from None
+        where = "No epoch had completed: nothing to resume, rerun once fixed."
+        if paths.latest.is_file():
+            where = (
+                f"Training state is safe: last good checkpoint {paths.latest}. Continue with: "
+                f"torchrun --nproc_per_node={distributed.world_size()} -m derm_exp.train "
+                f"resume={run_id}"
+            )
+        raise distributed.PeerFailure(
+            f"{failure}; MLflow run {run_id} marked FAILED. {where}"
+        ) from None
 
 
 # --- setup ------------------------------------------------------------------------------------
@@ -201,6 +232,7 @@ def build_parts(
         channels_last=bool(cfg.trainer.channels_last),
         grad_clip_norm=cfg.trainer.grad_clip_norm,
         log_every_n_steps=int(cfg.trainer.log_every_n_steps),
+        accumulate_grad_batches=accumulation(cfg),
     )
     return TrainParts(
         model=model,
@@ -211,6 +243,11 @@ def build_parts(
         ctx=ctx,
         scaler=torch.amp.GradScaler(device.type) if precision.use_scaler else None,
     )
+
+
+def accumulation(cfg: DictConfig) -> int:
+    """``trainer.accumulate_grad_batches`` (1 for checkpoints of runs made before it existed)."""
+    return int(cfg.trainer.get("accumulate_grad_batches") or 1)
 
 
 def _training_module(
@@ -262,7 +299,8 @@ def train_epochs(run: Run, state: RunState) -> None:
     """
     cfg, parts = run.cfg, run.parts
     resume = run.resumed.checkpoint if run.resumed is not None else None
-    optimizers = StageOptimizers(cfg, parts.model, len(run.loaders.train), state.epoch, resume)
+    updates = optimizer_steps(len(run.loaders.train), accumulation(cfg))  # per epoch
+    optimizers = StageOptimizers(cfg, parts.model, updates, state.epoch, resume)
     if resume is not None:
         set_rng_state(resume["rng"])
     trainable = _trainable(parts.model)

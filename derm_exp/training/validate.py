@@ -42,6 +42,7 @@ _NUMBERS: tuple[tuple[str, bool, bool], ...] = (
     ("trainer.grad_clip_norm", False, True),
     ("trainer.ema.decay", False, False),
     ("trainer.ddp_timeout_s", False, True),
+    ("trainer.accumulate_grad_batches", True, True),  # absent from older checkpoints' configs
     ("evaluation.n_boot", True, False),
 )
 _CHOICES: tuple[tuple[str, tuple[Any, ...]], ...] = (
@@ -141,6 +142,11 @@ def validate_config(cfg: DictConfig) -> None:
     check(
         t.get("ddp_timeout_s") is None or t.ddp_timeout_s > 0,
         f"trainer.ddp_timeout_s={t.get('ddp_timeout_s')} must be > 0 seconds",
+    )
+    accumulate = t.get("accumulate_grad_batches")
+    check(
+        accumulate is None or accumulate >= 1,
+        f"trainer.accumulate_grad_batches={accumulate} must be an integer >= 1",
     )
     check(cfg.evaluation.n_boot >= 0, f"evaluation.n_boot={cfg.evaluation.n_boot} must be >= 0")
     problems += _end_of_run_problems(cfg)

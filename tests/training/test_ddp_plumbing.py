@@ -36,6 +36,13 @@ def _worker(rank: int, tmp: str) -> None:
         out["synced"] = [net.running_mean.tolist(), net.weight.tolist()]
         saved = distributed.broadcast_saved({"w": torch.full((2,), 3.0)} if rank == 0 else None)
         out["saved"] = saved["w"].tolist()
+        # A failed gloo collective is a peer failure; other errors stay what they are.
+        gloo = RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error")
+        out["peer"] = [
+            str(distributed.as_peer_failure(gloo)),
+            distributed.as_peer_failure(RuntimeError("mat1 and mat2 shapes differ")),
+            distributed.as_peer_failure(ValueError("gloo/")),
+        ]
         Path(tmp, f"rank{rank}.json").write_text(json.dumps(out))
     finally:
         distributed.teardown()
@@ -52,6 +59,8 @@ def test_helpers_agree_on_two_processes(tmp_path: Path) -> None:
         assert r["gathered"] == [0, 10, 20, 30, 40, 50, 60]
         assert r["synced"] == [[1.0, 1.0, 1.0], [5.0, 5.0, 5.0]]
         assert r["saved"] == [3.0, 3.0]
+        assert r["peer"][0].startswith("another DDP process failed or stopped answering ([")
+        assert r["peer"][1:] == [None, None]
 
 
 def test_single_process_helpers_are_no_ops() -> None:
@@ -63,3 +72,4 @@ def test_single_process_helpers_are_no_ops() -> None:
     net = torch.nn.Linear(2, 2)
     assert distributed.wrap_ddp(net, torch.device("cpu")) is net
     assert distributed.unwrap(net) is net
+    assert distributed.as_peer_failure(RuntimeError("gloo/ Read error")) is None  # no group
