@@ -98,6 +98,14 @@ def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
 
 
+def train_command() -> str:
+    """How the user starts this same training again: torchrun with this world size, or python."""
+    n = world_size() if is_distributed() else env_world_size()
+    return (
+        f"torchrun --nproc_per_node={n} -m derm_exp.train" if n > 1 else "python -m derm_exp.train"
+    )
+
+
 def is_main() -> bool:
     """Rank 0 (or the only process): the one that tracks, logs and writes outputs."""
     return rank() == 0

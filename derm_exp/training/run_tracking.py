@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from derm_exp.errors import StorageError
 from derm_exp.tracking.choices import choice_params, default_run_name
 from derm_exp.tracking.mlflow_run import loggable_params, run_url_hint, training_run_tags
+from derm_exp.training import distributed
 from derm_exp.training.hooks import TrialPruned
 from derm_exp.training.loop import NonFiniteLossError
 
@@ -133,5 +134,5 @@ def recovery_hint(paths: CheckpointPaths) -> str:
     best = f"; best weights: {paths.best}" if paths.best.is_file() else ""
     return (
         f"Training state is safe: last good checkpoint {paths.latest}{best}. Continue with: "
-        f"python -m derm_exp.train resume={paths.latest}"
+        f"{distributed.train_command()} resume={paths.latest}"
     )

@@ -143,8 +143,7 @@ def _peer_failures(run_id: str | None, paths: CheckpointPaths) -> Iterator[None]
         if paths.latest.is_file():
             where = (
                 f"Training state is safe: last good checkpoint {paths.latest}. Continue with: "
-                f"torchrun --nproc_per_node={distributed.world_size()} -m derm_exp.train "
-                f"resume={run_id}"
+                f"{distributed.train_command()} resume={run_id}"
             )
         raise distributed.PeerFailure(
             f"{failure}; MLflow run {run_id} marked FAILED. {where}"
