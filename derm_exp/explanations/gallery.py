@@ -50,8 +50,9 @@ def _tiles(
     indices: list[int],
     classes: Sequence[str],
     method: str,
-) -> tuple[list[Tile], torch.Tensor]:
-    """Overlays of the images at ``indices`` (unreadable ones left out) and their batch."""
+) -> tuple[list[Tile], torch.Tensor, list[int]]:
+    """Overlays of the images at ``indices`` (unreadable ones left out), their batch and the
+    indices kept."""
     data_config = model.data_config
     transform = build_eval_transform(data_config)
     images, kept = [], []
@@ -62,7 +63,7 @@ def _tiles(
         except BadImageError as exc:
             log.warning("gallery: skipping %s", exc)
     if not images:
-        return [], torch.empty(0)
+        return [], torch.empty(0), []
     batch = torch.stack([transform(im) for im in images])
     maps = explain_batch(model, batch, method=method, targets=probs[kept].argmax(1).tolist())
     tiles = []
@@ -77,7 +78,18 @@ def _tiles(
                 "tab:green" if right else "tab:red",
             )
         )
-    return tiles, batch
+    return tiles, batch, kept
+
+
+def _spread(batch: torch.Tensor, kept: list[int], labels: np.ndarray) -> torch.Tensor:
+    """The batch reordered round-robin over classes, so its first images cover many classes."""
+    by_class: dict[int, list[int]] = {}
+    for row, i in enumerate(kept):
+        by_class.setdefault(int(labels[i]), []).append(row)
+    rows, queues = [], list(by_class.values())
+    while any(queues):
+        rows += [q.pop(0) for q in queues if q]
+    return batch[rows]
 
 
 def log_explanation_gallery(
@@ -101,20 +113,20 @@ def log_explanation_gallery(
         method = "gradcam"
     labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=np.float64)
     picked = pick_examples(labels, probs, int(settings.get("per_class", 2)))
-    batches = []
-    for c, indices in picked.items():
-        tiles, batch = _tiles(model, paths, labels, probs, indices, classes, method)
-        if not tiles:
+    order = [i for indices in picked.values() for i in indices]
+    tiles, batch, kept = _tiles(model, paths, labels, probs, order, classes, method)  # 1 batch
+    for c in picked:
+        shown = [t for t, i in zip(tiles, kept, strict=True) if labels[i] == c]
+        if not shown:
             continue
-        batches.append(batch)
         title = f"{METHOD_TITLES.get(method, method)}: test images of class {classes[c]}"
-        figure = tile_sheet(tiles, title=title, columns=len(tiles))
+        figure = tile_sheet(shown, title=title, columns=len(shown))
         mlflow.log_figure(figure, f"explanations/gallery_{classes[c]}.png")
         _close(figure)
     n_sanity = int(settings.get("sanity_images", 8))
-    if not batches or n_sanity <= 0:
+    if not tiles or n_sanity <= 0:
         return {}
-    report = sanity_check(model, torch.cat(batches)[:n_sanity], method=method)
+    report = sanity_check(model, _spread(batch, kept, labels)[:n_sanity], method=method)
     metrics = report.metrics()
     mlflow.log_metrics(metrics)
     figure = sanity_figure(report)
@@ -125,8 +137,8 @@ def log_explanation_gallery(
     log.info("%s", report.summary())
     log.info(
         "explanation gallery: %d image(s) of %d class(es) in %.1f s",
-        sum(len(b) for b in batches),
-        len(batches),
+        len(tiles),
+        len({int(labels[i]) for i in kept}),
         time.monotonic() - start,
     )
     return metrics

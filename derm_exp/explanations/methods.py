@@ -69,11 +69,13 @@ def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _targets(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None) -> list[int]:
     """The given targets (checked), or the argmax class of each image."""
-    with torch.no_grad():
-        logits = model(x)
-    n_classes = logits.shape[-1]
-    if targets is None:
-        return [int(i) for i in logits.argmax(-1).tolist()]
+    n_classes = getattr(getattr(model, "head", None), "num_classes", None)
+    if targets is None or n_classes is None:
+        with torch.no_grad():
+            logits = model(x)
+        n_classes = logits.shape[-1]
+        if targets is None:
+            return [int(i) for i in logits.argmax(-1).tolist()]
     out = [int(t) for t in targets]
     if len(out) != x.shape[0]:
         raise ExplanationError(f"{len(out)} targets for a batch of {x.shape[0]} images")

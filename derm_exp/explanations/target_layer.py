@@ -11,8 +11,13 @@ timm's EfficientNets (its activation included) and ``layer4`` for ResNets; ident
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
+
+# model -> the target layer's name: found once per model (one probe forward), not per call.
+_FOUND: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 
 
 def feature_source(model: nn.Module) -> nn.Module:
@@ -28,9 +33,12 @@ def find_target_layer(
 
     One forward of a zero image of ``image_size`` (no gradients) records, in completion order,
     every backbone module that returns a 4-D tensor; the last one that is not an identity (its
-    output the very tensor it got) is the target. Hooks are removed before returning.
+    output the very tensor it got) is the target. Hooks are removed before returning. The name
+    is remembered per model object.
     """
     source = feature_source(model)
+    if model in _FOUND:
+        return _FOUND[model], source.get_submodule(_FOUND[model])
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     order: list[tuple[str, tuple[int, ...]]] = []
     names = {id(m): n for n, m in source.named_modules() if m is not source}
@@ -64,4 +72,5 @@ def find_target_layer(
     if not found:
         raise RuntimeError(f"no 4-D feature map found in {type(source).__name__}")
     name = found[-1]
+    _FOUND[model] = name
     return name, source.get_submodule(name)
