@@ -186,6 +186,9 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
         calibrate=bool(cfg.calibrate),
         amp=str(cfg.amp),
         compile=bool(cfg.compile),
+        backend=str(cfg.backend),
+        backend_threads=None if cfg.backend_threads is None else int(cfg.backend_threads),
+        quantize=None if cfg.quantize is None else str(cfg.quantize),
     )
     single = Path(cfg.image).expanduser().is_file()
     found = predict_files(loaded.model, files, int(cfg.batch_size), preset, progress=not single)
