@@ -233,6 +233,11 @@ def _run_sections(
     if "compare" in sections:
         log.info("benchmark: option comparisons (AMP, AdamW, compile)")
         out["compare"] = compare_section(cfg, model, device, size)
+    if "backend" in sections:
+        from derm_exp.perf.backends import backend_section
+
+        log.info("benchmark: inference backends (torch fp32/bf16/compiled, ONNX Runtime fp32/int8)")
+        out["backend"] = backend_section(cfg, model, size)
     return out
 
 
