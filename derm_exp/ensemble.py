@@ -118,7 +118,18 @@ def _load_ensemble(cfg: DictConfig, members: list[Member]) -> EnsemblePredictor:
         float(cfg.tau),
         device=cfg.device,
         calibrate=bool(cfg.calibrate),
+        **_backend_options(cfg),
     )
+
+
+def _backend_options(cfg: DictConfig) -> dict[str, Any]:
+    """``backend`` / ``backend_threads`` / ``quantize`` (see derm_exp.inference.backends)."""
+    threads = cfg.get("backend_threads")
+    return {
+        "backend": str(cfg.get("backend", "torch")),
+        "backend_threads": None if threads is None else int(threads),
+        "quantize": None if cfg.get("quantize") is None else str(cfg.quantize),
+    }
 
 
 def _split_frame(member: Member, split: str, tracking_uri: str) -> pd.DataFrame:

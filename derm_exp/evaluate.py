@@ -234,17 +234,34 @@ def resolve_model(cfg: DictConfig) -> Any:
 
 def load_model(cfg: DictConfig, source: Any) -> tuple[Any, Any]:
     """The network on ``cfg.device`` and how to run it: fp32 on every device, exactly like the
-    predictor, so the same image gives the same numbers."""
+    predictor, so the same image gives the same numbers. With ``backend=onnxruntime``,
+    ``loaded.model`` is the checkpoint's ONNX export in ONNX Runtime (CPU), found or exported
+    as the predictor does (:mod:`derm_exp.inference.backends`)."""
     import torch
 
+    from derm_exp.inference.backends import check_backend, make_backend
     from derm_exp.inference.loading import load_classifier
     from derm_exp.runtime import Precision, resolve_device
     from derm_exp.training.loop import StepContext
 
-    device = resolve_device(cfg.device)
+    backend = check_backend(str(cfg.get("backend", "torch")))
+    device = resolve_device(cfg.device) if backend == "torch" else torch.device("cpu")
     loaded = load_classifier(source.checkpoint, device)
-    loaded.model.to(memory_format=torch.channels_last)
-    ctx = StepContext(device=device, precision=Precision(None, False), channels_last=True)
+    precision = Precision(None, False)
+    if backend == "torch":
+        loaded.model.to(memory_format=torch.channels_last)
+    else:
+        threads = cfg.get("backend_threads")
+        loaded.model = make_backend(
+            backend,
+            loaded,
+            device=device,
+            precision=precision,
+            source=source,
+            threads=None if threads is None else int(threads),
+            quantize=None if cfg.get("quantize") is None else str(cfg.quantize),
+        )
+    ctx = StepContext(device=device, precision=precision, channels_last=True)
     return loaded, ctx
 
 
@@ -349,6 +366,21 @@ def describe_model(cfg: DictConfig, source: Any, loaded: Any) -> dict[str, Any]:
         "model_version": source.model_version,
         "checkpoint": str(source.checkpoint),
         "backbone": loaded.config.get("model", {}).get("name"),
+        **_backend_entry(loaded.model),
+    }
+
+
+def _backend_entry(model: Any) -> dict[str, Any]:
+    """What ran the network: ``backend`` (torch | onnxruntime) and, for ONNX Runtime, the file,
+    its precision and whether it is approximate (int8)."""
+    name = getattr(model, "name", "torch")
+    if name != "onnxruntime":
+        return {"backend": "torch"}
+    return {
+        "backend": name,
+        "onnx": str(model.path),
+        "precision": model.metadata.get("precision"),
+        "approximate": bool(model.approximate),
     }
 
 

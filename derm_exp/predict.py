@@ -205,6 +205,9 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
         calibrate=bool(cfg.calibrate),
         amp=str(cfg.amp),
         compile=bool(cfg.compile),
+        backend=str(cfg.backend),
+        backend_threads=None if cfg.backend_threads is None else int(cfg.backend_threads),
+        quantize=None if cfg.quantize is None else str(cfg.quantize),
     )
     policy = loaded.model.abstention.with_overrides(_abstain_overrides(cfg))
     loaded.model.abstention = policy

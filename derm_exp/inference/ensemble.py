@@ -112,10 +112,12 @@ class EnsemblePredictor:
         calibrate: bool = True,
         amp: str = "off",
         compile: bool = False,
+        **backend: Any,
     ) -> EnsemblePredictor:
         """Load every member's network; for ``weighted_mean`` derive weights from ``rank_by``.
 
-        ``amp`` and ``compile`` apply to every member (see :class:`SkinLesionPredictor`)."""
+        ``amp``, ``compile`` and the ``backend`` options (``backend``, ``backend_threads``,
+        ``quantize``) apply to every member (see :class:`SkinLesionPredictor`)."""
         check_compatible(members)
         if aggregation == "weighted_mean" and weights is None:
             key = rank_by.replace("/", "_")
@@ -130,7 +132,12 @@ class EnsemblePredictor:
             ).tolist()
         predictors = [
             SkinLesionPredictor.from_checkpoint(
-                m.checkpoint, device=device, calibrate=calibrate, amp=amp, compile=compile
+                m.checkpoint,
+                device=device,
+                calibrate=calibrate,
+                amp=amp,
+                compile=compile,
+                **backend,
             )
             for m in members
         ]

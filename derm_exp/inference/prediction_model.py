@@ -57,15 +57,21 @@ def load_prediction_model(
     calibrate: bool = True,
     amp: str = "off",
     compile: bool = False,
+    backend: str = "torch",
+    backend_threads: int | None = None,
+    quantize: str | None = None,
 ) -> PredictionModel:
     """Load what ``refs`` / ``group`` name (see the module docstring).
 
     ``aggregation`` (mean | weighted_mean | geometric_mean) combines ensemble members; None means
-    mean, or a registered ensemble's own aggregation (and weights).
+    mean, or a registered ensemble's own aggregation (and weights). ``backend`` (torch |
+    onnxruntime), ``backend_threads`` and ``quantize`` apply to every member
+    (:mod:`derm_exp.inference.backends`).
     """
     tracking_uri = tracking_uri or default_tracking_uri()
     parsed = parse_selection(list(refs), group)
     options = {"device": device, "calibrate": calibrate, "amp": amp, "compile": compile}
+    options |= {"backend": backend, "backend_threads": backend_threads, "quantize": quantize}
     if group is None and len(parsed) == 1:
         registered = _registered_ensemble(parsed[0], tracking_uri)
         if registered is not None:

@@ -33,6 +33,12 @@ from derm_exp.inference.aggregation import (
     class_std,
     normalized_entropy,
 )
+from derm_exp.inference.backends import (
+    check_backend,
+    is_onnx_file,
+    loaded_from_onnx,
+    make_backend,
+)
 from derm_exp.inference.image_input import ImageInput, as_image_list, to_rgb_image
 from derm_exp.inference.input_quality import quality_reasons
 from derm_exp.inference.loading import LoadedModel, load_classifier
@@ -101,14 +107,27 @@ class SkinLesionPredictor:
         source: ModelSource | None = None,
         amp: str = "off",
         compile: bool = False,
+        backend: str = "torch",
+        backend_threads: int | None = None,
+        quantize: str | None = None,
+        onnx_path: str | os.PathLike | None = None,
     ) -> None:
+        self.backend_name = check_backend(backend, amp, compile)
         self.device = resolve_device(device) if isinstance(device, str) else device
+        if self.backend_name == "onnxruntime":
+            self.device = torch.device("cpu")  # ONNX Runtime's CPU provider
         self.precision = predictor_precision(amp, self.device)
-        self.model = loaded.model.to(self.device, memory_format=torch.channels_last).eval()
-        self.eager_model = self.model
-        if compile:
-            self.model = compile_for_inference(self.model)
-        self._compile_checked = not compile
+        self.backend = make_backend(
+            self.backend_name,
+            loaded,
+            device=self.device,
+            precision=self.precision,
+            compiler=compile_for_inference if compile else None,
+            source=source,
+            threads=backend_threads,
+            quantize=quantize,
+            onnx_path=onnx_path,
+        )
         self.classes = list(loaded.classes)
         self.data_config = dict(loaded.data_config)
         self.transform = build_eval_transform(self.data_config)
@@ -117,6 +136,18 @@ class SkinLesionPredictor:
         self.checkpoint_path = loaded.checkpoint_path
         self.source = source
         self.abstention = AbstentionPolicy.from_checkpoint(getattr(loaded, "abstention", None))
+        # int8 ONNX exports are approximate; predictions say so (result()["approximate"]).
+        self.approximate = bool(self.backend.approximate)
+
+    @property
+    def model(self) -> torch.nn.Module | None:
+        """The network as run (maybe compiled); None with backend=onnxruntime."""
+        return getattr(self.backend, "model", None)
+
+    @property
+    def eager_model(self) -> torch.nn.Module | None:
+        """The uncompiled network; None with backend=onnxruntime."""
+        return getattr(self.backend, "eager_model", None)
 
     @property
     def compiled(self) -> bool:
@@ -132,11 +163,14 @@ class SkinLesionPredictor:
         calibrate: bool = True,
         amp: str = "off",
         compile: bool = False,
+        **backend: Any,
     ) -> SkinLesionPredictor:
         """From a ``checkpoint_best.pt`` (or a training output folder holding one)."""
         if not Path(path).expanduser().exists():
             raise ModelSourceError(f"checkpoint not found: {path}")
-        return cls.from_ref(str(path), device=device, calibrate=calibrate, amp=amp, compile=compile)
+        return cls.from_ref(
+            str(path), device=device, calibrate=calibrate, amp=amp, compile=compile, **backend
+        )
 
     @classmethod
     def from_run(
@@ -147,10 +181,17 @@ class SkinLesionPredictor:
         calibrate: bool = True,
         amp: str = "off",
         compile: bool = False,
+        **backend: Any,
     ) -> SkinLesionPredictor:
         """From the ``checkpoints/checkpoint_best.pt`` artifact of MLflow run ``run_id``."""
         return cls.from_ref(
-            run_id, tracking_uri, device=device, calibrate=calibrate, amp=amp, compile=compile
+            run_id,
+            tracking_uri,
+            device=device,
+            calibrate=calibrate,
+            amp=amp,
+            compile=compile,
+            **backend,
         )
 
     @classmethod
@@ -162,12 +203,19 @@ class SkinLesionPredictor:
         calibrate: bool = True,
         amp: str = "off",
         compile: bool = False,
+        **backend: Any,
     ) -> SkinLesionPredictor:
         """From a registered model version (``models:/NAME@alias`` or ``models:/NAME/3``)."""
         if not str(uri).startswith("models:/"):
             raise PredictionInputError(f"{uri!r} is not a models:/NAME@alias URI")
         return cls.from_ref(
-            uri, tracking_uri, device=device, calibrate=calibrate, amp=amp, compile=compile
+            uri,
+            tracking_uri,
+            device=device,
+            calibrate=calibrate,
+            amp=amp,
+            compile=compile,
+            **backend,
         )
 
     @classmethod
@@ -179,13 +227,29 @@ class SkinLesionPredictor:
         calibrate: bool = True,
         amp: str = "off",
         compile: bool = False,
+        backend: str = "torch",
+        backend_threads: int | None = None,
+        quantize: str | None = None,
     ) -> SkinLesionPredictor:
-        """From any reference: checkpoint path, run id or ``models:/`` URI."""
+        """From any reference: checkpoint path, run id or ``models:/`` URI, or an ONNX file
+        written by ``derm_exp.export`` (``backend=onnxruntime`` only).
+
+        ``backend`` is ``torch`` or ``onnxruntime`` (:mod:`derm_exp.inference.backends`: which
+        ONNX file is used, ``backend_threads``, ``quantize=int8``)."""
+        check_backend(backend, amp, compile)
         device_ = resolve_device(device)
         predictor_precision(amp, device_)  # a bad value fails before the model is loaded
+        options = {"backend_threads": backend_threads, "quantize": quantize}
+        if is_onnx_file(ref):
+            if backend != "onnxruntime":
+                raise PredictionInputError(f"model={ref} is an ONNX file: use backend=onnxruntime")
+            loaded = loaded_from_onnx(Path(ref).expanduser())
+            return cls(
+                loaded, device_, calibrate, None, amp, compile, backend, onnx_path=ref, **options
+            )
         source = resolve_source(ref, tracking_uri)
-        loaded = load_classifier(source.checkpoint, device_)
-        return cls(loaded, device_, calibrate, source, amp, compile)
+        loaded = load_classifier(source.checkpoint, "cpu" if backend != "torch" else device_)
+        return cls(loaded, device_, calibrate, source, amp, compile, backend, **options)
 
     # -- core ---------------------------------------------------------------------------------
     def preprocess(self, image: ImageInput) -> torch.Tensor:
@@ -203,21 +267,8 @@ class SkinLesionPredictor:
         return out.reshape(len(views), batch.shape[0], out.shape[-1])
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with self.precision.autocast(self.device):
-            if self._compile_checked:
-                return self.model(x)
-            try:  # the first call compiles
-                out = self.model(x)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly instead
-                log.warning(
-                    "torch.compile failed (%s: %s); running the model eagerly",
-                    type(exc).__name__,
-                    str(exc).splitlines()[0][:200] if str(exc) else "",
-                )
-                self.model = self.eager_model
-                out = self.model(x)
-            self._compile_checked = True
-            return out
+        """The backend's (N, C) logits (:mod:`derm_exp.inference.backends`)."""
+        return self.backend(x)
 
     def probabilities(
         self, batch: torch.Tensor, preset: TTAPreset = SINGLE_VIEW
@@ -320,6 +371,8 @@ class SkinLesionPredictor:
         out.update(
             self.abstention.decide(out["confidence"], quality=quality, view_std=out.get("view_std"))
         )
+        if self.approximate:
+            out["approximate"] = True
         out["disclaimer"] = DISCLAIMER
         return out
 

@@ -237,6 +237,11 @@ def _run_sections(
     if "ddp" in sections:
         log.info("benchmark: training loop in 1 vs %s DDP processes", cfg.benchmark.ddp_processes)
         out["ddp"] = ddp.ddp_section(cfg, device)
+    if "backend" in sections:
+        from derm_exp.perf.backends import backend_section
+
+        log.info("benchmark: inference backends (torch fp32/bf16/compiled, ONNX Runtime fp32/int8)")
+        out["backend"] = backend_section(cfg, model, size)
     return out
 
 

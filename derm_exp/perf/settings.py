@@ -8,7 +8,7 @@ from derm_exp.config import as_list
 from derm_exp.data.metadata import check_data_root
 from derm_exp.training.validate import AMP_MODES, ConfigError
 
-SECTIONS = ("loader", "train", "inference", "compare", "ddp")
+SECTIONS = ("loader", "train", "inference", "compare", "ddp", "backend")
 
 
 def check_benchmark_config(cfg: DictConfig) -> list[str]:

@@ -1,0 +1,75 @@
+"""int8 quantization with ONNX Runtime: static (QDQ, per-channel int8 weights, uint8
+activations calibrated on images) or dynamic (weights only; activations quantized per batch)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from derm_exp.errors import ConfigError
+from derm_exp.exporting.metadata import INPUT_NAME
+from derm_exp.exporting.runtime import require_onnx
+
+METHODS = ("static", "dynamic")
+
+
+class _Images:
+    """ONNX Runtime's CalibrationDataReader over preprocessed images, one per call."""
+
+    def __init__(self, images: np.ndarray) -> None:
+        self._items = iter([{INPUT_NAME: images[i : i + 1]} for i in range(len(images))])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs a line per tensor through the root logger: errors only."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def quantize_int8(src: str | Path, dst: str | Path, method: str, calibration: Any) -> Path:
+    """Write the int8 version of the fp32 ONNX file ``src`` to ``dst``.
+
+    ``static``: ``quant_pre_process`` (shape inference, graph optimisation), then
+    ``quantize_static`` calibrated (min-max) on ``calibration`` (N, 3, H, W) images; Conv and
+    Gemm/MatMul run as QLinear ops. ``dynamic``: ``quantize_dynamic`` (int8 weights, no
+    calibration); on CPUs it turns Conv into ConvInteger, which is often slower than fp32.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"quantize_method={method!r}: choose one of {', '.join(METHODS)}")
+    q = require_onnx("onnxruntime.quantization")
+    dst = Path(dst)
+    if method == "dynamic":
+        q.quantize_dynamic(str(src), str(dst), weight_type=q.QuantType.QInt8)
+        return dst
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="derm-quant-") as tmp, _quiet_root_logger():
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        images = np.ascontiguousarray(np.asarray(calibration, dtype=np.float32))
+        q.quantize_static(
+            str(prepared),
+            str(dst),
+            _Images(images),
+            quant_format=q.QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=q.QuantType.QInt8,
+            activation_type=q.QuantType.QUInt8,
+            calibrate_method=q.CalibrationMethod.MinMax,
+        )
+    return dst
