@@ -61,6 +61,9 @@ def build_app(cfg: DictConfig):  # -> fastapi.FastAPI (imported lazily: --help s
         calibrate=bool(cfg.calibrate),
         amp=str(cfg.amp),
         compile=bool(cfg.compile),
+        backend=str(cfg.backend),
+        backend_threads=None if cfg.backend_threads is None else int(cfg.backend_threads),
+        quantize=None if cfg.quantize is None else str(cfg.quantize),
     )
     log.info("serving %s", loaded.description)
     return create_app(loaded, settings)

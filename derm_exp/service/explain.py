@@ -41,6 +41,12 @@ def explain(
 
     predictor: SkinLesionPredictor = model.predictors[0] if hasattr(model, "predictors") else model
     member = model.members[0].name if hasattr(model, "members") else None
+    if predictor.model is None:  # backend=onnxruntime: no torch graph to take gradients through
+        raise RequestError(
+            409,
+            "explanations need the torch backend: this server runs ONNX Runtime "
+            "(start it with backend=torch to get heat maps)",
+        )
     from derm_exp.explanations.overlay import input_box
 
     result = explain_image(predictor, image, method=method, target=target)

@@ -46,3 +46,34 @@ def test_predict_with_explain_returns_the_heat_map(client, images: list[Path]) -
     png = _decode(explanation["heatmap_png"])
     assert png.size == (64, 48) and png.mode == "RGBA"
     assert np.asarray(png)[..., 3].max() == 255
+
+
+def test_onnx_backend_serves_predictions_and_refuses_heat_maps_clearly(
+    served_model, images: list[Path]
+) -> None:
+    """backend=onnxruntime: the same answer as torch; explain=true says why there is no map."""
+    from fastapi.testclient import TestClient
+
+    from derm_exp.inference.prediction_model import load_prediction_model
+    from derm_exp.service.app import create_app
+
+    def serve(backend: str) -> TestClient:
+        loaded = load_prediction_model(
+            [str(served_model.checkpoint)],
+            device="cpu",
+            tracking_uri=served_model.tracking_uri,
+            backend=backend,
+        )
+        return TestClient(create_app(loaded))
+
+    with serve("onnxruntime") as onnx, serve("torch") as torch_client:
+        got = onnx.post("/predict", files=jpeg_part(images[0]), data={"explain": "true"})
+        want = torch_client.post("/predict", files=jpeg_part(images[0])).json()
+    assert got.status_code == 200, got.text
+    body = got.json()
+    assert body["predicted_class"] == want["predicted_class"]
+    assert np.allclose(
+        list(body["probabilities"].values()), list(want["probabilities"].values()), atol=1e-4
+    )
+    assert "explanation" not in body
+    assert "torch backend" in body["explanation_error"]
