@@ -2,12 +2,15 @@
 
 HAM10000 holds near-identical images filed under *different* lesion ids (Abhishek et al. 2024,
 arXiv 2401.14497); a lesion-aware split can then put copies of one picture in train and test.
-Each image gets a 64-bit perceptual hash (DCT pHash from the ``imagehash`` library) of itself
-and of its horizontal flip, vertical flip and 180-degree rotation; two images of different
-lesions are a pair when the Hamming distance between one's hash and any of the other's four is
-at most ``threshold``. pHash is built on a 32x32 grey thumbnail, so resized and re-encoded copies
-keep their hash (within a few bits). :func:`lesion_groups` merges paired lesions (union-find)
-into split groups for ``data.group_near_duplicates=true``.
+Each image gets a 256-bit perceptual hash (DCT pHash from the ``imagehash`` library,
+``hash_size=16``: the 16x16 lowest frequencies of a 64x64 grey thumbnail) of itself and of its
+horizontal flip, vertical flip and 180-degree rotation; two images of different lesions are a
+pair when the Hamming distance between one's hash and any of the other's four is at most
+``threshold``. Resized and re-encoded copies keep their hash within a few bits. The common
+64-bit pHash is useless here: dermoscopy images are mostly "a dark blob on light skin", and on
+HAM10000 it put hundreds of pairs of plainly different lesions within 4 bits (docs/RESULTS.md).
+:func:`lesion_groups` merges paired lesions (union-find) into split groups for
+``data.group_near_duplicates=true``.
 """
 
 from __future__ import annotations
@@ -35,27 +38,26 @@ PAIR_COLUMNS = (
     "distance",
     "transform",
 )
-DEFAULT_THRESHOLD = 4
-_CHUNK = 256
-
-
-def _bits_to_int(bits: np.ndarray) -> np.uint64:
-    return np.uint64(int("".join("1" if b else "0" for b in bits.flatten()), 2))
+HASH_SIZE = 16  # pHash side: HASH_SIZE**2 bits per hash
+HASH_WORDS = HASH_SIZE**2 // 64
+DEFAULT_THRESHOLD = 24
+_CHUNK = 64
 
 
 def image_hashes(path: str | Path) -> np.ndarray:
-    """pHash of the image at ``path`` and of its flips: uint64 array, one per VARIANTS entry."""
+    """pHash of the image at ``path`` and of its flips: uint64 (len(VARIANTS), HASH_WORDS)."""
     import imagehash
 
     with Image.open(path) as im:
         grey = im.convert("L")
     views = (grey, ImageOps.mirror(grey), ImageOps.flip(grey), grey.rotate(180))
-    return np.array([_bits_to_int(imagehash.phash(v).hash) for v in views], dtype=np.uint64)
+    bits = [imagehash.phash(v, hash_size=HASH_SIZE).hash.flatten() for v in views]
+    return np.stack([np.packbits(b).view(">u8").astype(np.uint64) for b in bits])
 
 
 def _cache_file(paths: Sequence[str], cache_dir: str | Path) -> Path:
     """Cache file named by the images' paths, sizes and modification times."""
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"phash{HASH_SIZE}".encode())
     for p in paths:
         st = Path(p).stat()
         h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -65,14 +67,14 @@ def _cache_file(paths: Sequence[str], cache_dir: str | Path) -> Path:
 def hash_images(
     paths: Sequence[str], cache_dir: str | Path | None = None, progress: bool = True
 ) -> np.ndarray:
-    """(N, 4) uint64 pHashes of ``paths`` (see :func:`image_hashes`), cached under
-    ``cache_dir``/phash when given (re-hashed when any file changes)."""
+    """(N, len(VARIANTS), HASH_WORDS) uint64 pHashes of ``paths`` (:func:`image_hashes`),
+    cached under ``cache_dir``/phash when given (re-hashed when any file changes)."""
     from tqdm.auto import tqdm
 
     cache = _cache_file(paths, cache_dir) if cache_dir else None
     if cache is not None and cache.is_file():
         return np.load(cache)
-    out = np.empty((len(paths), len(VARIANTS)), dtype=np.uint64)
+    out = np.empty((len(paths), len(VARIANTS), HASH_WORDS), dtype=np.uint64)
     for i, p in enumerate(tqdm(paths, desc="hashing images", disable=not progress or None)):
         out[i] = image_hashes(p)
     if cache is not None:
@@ -94,7 +96,8 @@ def find_pairs(
     for start in range(0, len(frame), _CHUNK):
         stop = min(start + _CHUNK, len(frame))
         # (rows, N, variants): image i's own hash against every variant of image j.
-        bits = np.bitwise_count(hashes[start:stop, None, None, 0] ^ hashes[None, :, :])
+        xor = hashes[start:stop, None, None, 0, :] ^ hashes[None, :, :, :]
+        bits = np.bitwise_count(xor).sum(axis=3, dtype=np.int32)
         best, variant = bits.min(axis=2), bits.argmin(axis=2)
         i_idx, j_idx = np.nonzero(best <= threshold)
         i_idx = i_idx + start
@@ -145,7 +148,7 @@ def format_pairs(pairs: pd.DataFrame, threshold: int, limit: int = 10) -> str:
     lesions = len(set(pairs["lesion_id_a"]) | set(pairs["lesion_id_b"]))
     lines = [
         f"Near-duplicate images across lesion ids (pHash incl. flips, distance <= {threshold} "
-        f"of 64 bits): {len(pairs)} pair(s) involving {lesions} lesion(s)"
+        f"of {HASH_SIZE**2} bits): {len(pairs)} pair(s) involving {lesions} lesion(s)"
     ]
     if len(pairs):
         lines.append(pairs.head(limit).to_string(index=False))

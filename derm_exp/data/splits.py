@@ -115,7 +115,7 @@ def split_from_config(
 
         if pairs is None:
             pairs = near_duplicate_pairs(
-                df, int(data_cfg.get("near_duplicate_threshold", 4)), data_cfg.get("cache_dir")
+                df, int(data_cfg.get("near_duplicate_threshold", 24)), data_cfg.get("cache_dir")
             )
         groups = lesion_groups(df["lesion_id"].astype(str).unique(), pairs)
         merged = len(groups) - len(set(groups.values()))
