@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from derm_exp.errors import UserError
-from derm_exp.models.backbone import PretrainedWeightsError, create_backbone
+from derm_exp.models.backbone import PretrainedWeightsError, create_backbone, resolve_data_config
 from derm_exp.models.classifier import build_model
 from derm_exp.models.weight_conversion import (
     WeightConversionError,
@@ -69,6 +69,9 @@ def test_converted_file_loads_every_tensor(lite0_file):
     assert set(loaded) == {k for k in timm_state if not k.startswith("classifier.")}
     assert all(torch.equal(v, timm_state[k]) for k, v in loaded.items())
     assert backbone.pretrained_cfg["file"] == str(path)
+    # timm's own preprocessing for the variant is kept: mean = std = 0.5 fits these weights
+    # better than ImageNet mean/std in the linear probe (docs/RESULTS.md)
+    assert resolve_data_config(backbone)["mean"] == (0.5, 0.5, 0.5)
 
 
 def test_classifier_is_rebuilt_for_seven_classes(lite0_file):
