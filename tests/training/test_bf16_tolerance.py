@@ -1,5 +1,5 @@
-"""bf16 autocast training (``trainer.amp=bf16``, the default of experiment=cpu_finetune_1h)
-stays within a stated tolerance of fp32 on a tiny run.
+"""bf16 autocast training (``trainer.amp=bf16``, the default of the GPU presets
+experiment=gpu_v2s|gpu_v2m) stays within a stated tolerance of fp32 on a tiny run.
 
 Same seed, data and steps through the trainer's own ``train_one_epoch``; stated tolerance:
 both runs learn (last-epoch loss at least 60 % below the first epoch's), the mean training loss
