@@ -7,6 +7,9 @@
   error with the log paths). The ``derm_optuna`` sweeper records a FAIL trial and goes on; for
   other sweepers (seed sweeps) the launcher ends with one ``error:`` line per failed job and
   exit status 1 once every job is done, where Hydra's basic sweeper would print a traceback.
+- Multi-task jobs (``tasks_per_node`` / ``nodes`` > 1) train one model with DDP: each task
+  exports torch.distributed's variables before the Hydra job, and only rank 0 writes, tracks
+  and reports (:mod:`.ddp`); the job's result is rank 0's.
 - Its ``SlurmQueueConf`` lacks ``srun_args`` (hydra #2719): the configs here are plain YAML
   (``conf/hydra/launcher/``), so any ``slurm_*`` parameter of submitit's executor, ``srun_args``
   included, can be set.
