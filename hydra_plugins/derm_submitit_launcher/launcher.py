@@ -7,6 +7,9 @@
   error with the log paths). The ``derm_optuna`` sweeper records a FAIL trial and goes on; for
   other sweepers (seed sweeps) the launcher ends with one ``error:`` line per failed job and
   exit status 1 once every job is done, where Hydra's basic sweeper would print a traceback.
+- Multi-task jobs (``tasks_per_node`` / ``nodes`` > 1) train one model with DDP: each task
+  exports torch.distributed's variables before the Hydra job, and only rank 0 writes, tracks
+  and reports (:mod:`.ddp`); the job's result is rank 0's.
 - Its ``SlurmQueueConf`` lacks ``srun_args`` (hydra #2719): the configs here are plain YAML
   (``conf/hydra/launcher/``), so any ``slurm_*`` parameter of submitit's executor, ``srun_args``
   included, can be set.
@@ -25,6 +28,8 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher, SlurmLauncher
+
+from hydra_plugins.derm_submitit_launcher import ddp
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +81,24 @@ class _Tolerant:
     params: dict[str, Any]
     config: Any
 
+    def __call__(
+        self,
+        sweep_overrides: list[str],
+        job_dir_key: str,
+        job_num: int,
+        job_id: str,
+        singleton_state: dict[Any, Any],
+    ) -> JobReturn:
+        """One task of a job (on the node). In a multi-task job, the torch.distributed
+        variables are exported first and the non-zero ranks run without Hydra outputs and
+        callbacks (:mod:`.ddp`): one DDP training, rank 0's folder and tracking."""
+        if ddp.n_tasks(self.params) > 1 and ddp.export_rank() != 0:
+            self.hydra_context = ddp.other_rank_context(self.hydra_context)
+            sweep_overrides = [*sweep_overrides, *ddp.OTHER_RANK_OVERRIDES]
+        return super().__call__(  # type: ignore[misc]
+            sweep_overrides, job_dir_key, job_num, job_id, singleton_state
+        )
+
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> list[JobReturn]:
@@ -85,7 +108,7 @@ class _Tolerant:
         from omegaconf import OmegaConf
 
         assert self.config is not None and len(job_overrides) > 0
-        _refuse_multi_task(self.params)
+        _refuse_multi_task(self.params, self._EXECUTOR)
         init_keys = {"submitit_folder", "max_num_timeout"}
         executor = submitit.AutoExecutor(
             cluster=self._EXECUTOR,
@@ -134,18 +157,11 @@ class _Tolerant:
         return returns
 
 
-def _refuse_multi_task(params: dict[str, Any]) -> None:
-    """Several tasks per job would each run the whole training into the same folder: DDP through
-    the launcher is not done (README "Sweeps on a SLURM cluster")."""
-    tasks, nodes = int(params.get("tasks_per_node") or 1), int(params.get("nodes") or 1)
-    if tasks > 1 or nodes > 1:
-        print(
-            f"error: hydra.launcher.tasks_per_node={tasks} nodes={nodes}: each job trains one "
-            "process (one GPU); every extra task would run the same training into the same "
-            "folder. Multi-GPU DDP through the launcher is not supported: set both to 1, or "
-            "run torchrun in your own sbatch script",
-            file=sys.stderr,
-        )
+def _refuse_multi_task(params: dict[str, Any], executor: str) -> None:
+    """Multi-task settings that cannot run (see :func:`.ddp.refusal`): one ``error:`` line."""
+    reason = ddp.refusal(params, executor)
+    if reason is not None:
+        print(f"error: {reason}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -46,7 +46,8 @@ def test_one_failing_job_does_not_stop_the_others(tmp_path: Path) -> None:
 
 
 def test_several_tasks_per_job_are_refused_before_any_job(tmp_path: Path) -> None:
-    """DDP through the launcher is not done: every task would run the same training."""
+    """Multi-task (DDP) jobs run through submitit_slurm only (tests/cluster/test_slurm_ddp.py);
+    locally, torchrun does it."""
     result = train(
         [
             "-m",
@@ -59,6 +60,10 @@ def test_several_tasks_per_job_are_refused_before_any_job(tmp_path: Path) -> Non
         tmp_path,
     )
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "error: hydra.launcher.tasks_per_node=2 nodes=1" in result.stderr
+    refusal = (
+        "error: hydra.launcher.tasks_per_node=2 nodes=1: multi-task (DDP) jobs run through "
+        "hydra/launcher=submitit_slurm only"
+    )
+    assert refusal in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "multirun" / ".submitit").exists()
