@@ -80,8 +80,10 @@ def test_registered_demo_model_predicts_base64_and_data_uris(demo_sweep: DemoSwe
     # Path(...).is_file() raised "OSError: [Errno 36] File name too long" on them.
     assert min(map(len, b64)) > os.pathconf("/", "PC_PATH_MAX")
 
-    expected = model.predict(pd.DataFrame({"image": paths}))
-    assert list(expected.columns) == ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    classes = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
+    predicted = model.predict(pd.DataFrame({"image": paths}))
+    assert list(predicted.columns) == [*classes, "decision", "reasons"]  # selective prediction
+    expected = predicted[classes]
     np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-5)
     for cells in (
         b64,
@@ -90,7 +92,8 @@ def test_registered_demo_model_predicts_base64_and_data_uris(demo_sweep: DemoSwe
         [b64[0], f"data:image/jpeg;base64,{b64[1]}", paths[2]],  # mixed in one frame
     ):
         out = model.predict(pd.DataFrame({"image": cells}))
-        np.testing.assert_allclose(out.to_numpy(), expected.to_numpy(), atol=1e-6)
+        np.testing.assert_allclose(out[classes].to_numpy(), expected.to_numpy(), atol=1e-6)
+        assert list(out["decision"]) == list(predicted["decision"])
         assert out.attrs["disclaimer"] == expected.attrs["disclaimer"]
     with pytest.raises(PredictionInputError, match="image 1: 'lesion.jpg' is neither"):
         model.predict(pd.DataFrame({"image": [b64[0], "lesion.jpg"]}))
