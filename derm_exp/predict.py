@@ -186,29 +186,14 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
     AbstentionPolicy().with_overrides(_abstain_overrides(cfg))  # bad values fail before loading
     # Heavy imports (torch, timm) only once the inputs are known to exist.
     from derm_exp.inference.file_predictions import predict_files
-    from derm_exp.inference.prediction_model import load_prediction_model
+    from derm_exp.inference.prediction_model import load_from_config
     from derm_exp.inference.tta import preset_from_config
 
     try:
         preset = preset_from_config(cfg.tta)
     except ValueError as exc:
         raise PredictionInputError(str(exc)) from None
-    loaded = load_prediction_model(
-        refs,
-        None if cfg.group is None else str(cfg.group),
-        registry_name=str(cfg.registry_name),
-        aggregation=None if cfg.aggregation is None else str(cfg.aggregation),
-        rank_by=str(cfg.rank_by),
-        tau=float(cfg.tau),
-        tracking_uri=cfg.tracking.uri,
-        device=cfg.device,
-        calibrate=bool(cfg.calibrate),
-        amp=str(cfg.amp),
-        compile=bool(cfg.compile),
-        backend=str(cfg.backend),
-        backend_threads=None if cfg.backend_threads is None else int(cfg.backend_threads),
-        quantize=None if cfg.quantize is None else str(cfg.quantize),
-    )
+    loaded = load_from_config(refs, cfg)
     policy = loaded.model.abstention.with_overrides(_abstain_overrides(cfg))
     loaded.model.abstention = policy
     single = Path(cfg.image).expanduser().is_file()

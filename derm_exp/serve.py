@@ -30,7 +30,7 @@ def build_app(cfg: DictConfig):  # -> fastapi.FastAPI (imported lazily: --help s
     refs = ref_list(cfg.model_ref)
     if not refs and cfg.group is None:
         raise ModelSourceError(NO_MODEL)
-    from derm_exp.inference.prediction_model import load_prediction_model
+    from derm_exp.inference.prediction_model import load_from_config
     from derm_exp.service.app import ServiceSettings, create_app
     from derm_exp.service.batching import BatchSettings
     from derm_exp.service.limits import Limits
@@ -49,22 +49,7 @@ def build_app(cfg: DictConfig):  # -> fastapi.FastAPI (imported lazily: --help s
         import torch
 
         torch.set_num_threads(int(cfg.threads))
-    loaded = load_prediction_model(
-        refs,
-        None if cfg.group is None else str(cfg.group),
-        registry_name=str(cfg.registry_name),
-        aggregation=None if cfg.aggregation is None else str(cfg.aggregation),
-        rank_by=str(cfg.rank_by),
-        tau=float(cfg.tau),
-        tracking_uri=cfg.tracking.uri,
-        device=cfg.device,
-        calibrate=bool(cfg.calibrate),
-        amp=str(cfg.amp),
-        compile=bool(cfg.compile),
-        backend=str(cfg.backend),
-        backend_threads=None if cfg.backend_threads is None else int(cfg.backend_threads),
-        quantize=None if cfg.quantize is None else str(cfg.quantize),
-    )
+    loaded = load_from_config(refs, cfg)
     log.info("serving %s", loaded.description)
     return create_app(loaded, settings)
 

@@ -108,6 +108,33 @@ def load_prediction_model(
     )
 
 
+def load_from_config(refs: Sequence[str], cfg: Any) -> PredictionModel:
+    """:func:`load_prediction_model` with the model options of an app's config
+    (conf/predict.yaml and conf/serve.yaml share them: group, registry_name, aggregation,
+    rank_by, tau, tracking.uri, device, calibrate, amp, compile, backend, backend_threads,
+    quantize)."""
+
+    def text(key: str) -> str | None:
+        return None if cfg.get(key) is None else str(cfg[key])
+
+    return load_prediction_model(
+        refs,
+        text("group"),
+        registry_name=str(cfg.registry_name),
+        aggregation=text("aggregation"),
+        rank_by=str(cfg.rank_by),
+        tau=float(cfg.tau),
+        tracking_uri=cfg.tracking.uri,
+        device=cfg.device,
+        calibrate=bool(cfg.calibrate),
+        amp=str(cfg.amp),
+        compile=bool(cfg.compile),
+        backend=str(cfg.backend),
+        backend_threads=None if cfg.backend_threads is None else int(cfg.backend_threads),
+        quantize=text("quantize"),
+    )
+
+
 def _registered_ensemble(ref: ModelRef, tracking_uri: str) -> Any | None:
     """The model version when ``ref`` is a ``models:/`` URI of a registered ensemble."""
     if ref.kind != "registry":
