@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli import run_module
 from tests.tiny import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,15 +68,7 @@ FIGURES = [
 
 
 def run_benchmark(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "derm_exp.benchmark", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_module("derm_exp.benchmark", *args, cwd=ROOT, timeout=300)
 
 
 def lookup(tree: dict, dotted: str):

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import timm
 import torch
 
-from derm_exp.config import PROJECT_ROOT
+from tests.cli import run_module
 
 
 def _probe(*args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "derm_exp.probe", *args]
-    return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
+    return run_module("derm_exp.probe", *args, timeout=600)
 
 
 @pytest.mark.slow

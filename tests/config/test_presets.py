@@ -3,18 +3,16 @@ promise; ``experiment=cpu_finetune_1h`` runs end to end on demo data (README's c
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from derm_exp.config import CONF_DIR, PROJECT_ROOT
+from derm_exp.config import CONF_DIR
 from derm_exp.training.validate import validate_config
+from tests.cli import run_module
 from tests.conftest import compose_train
 from tests.models.test_weight_conversion import lite0_file_state
 
@@ -77,15 +75,7 @@ def test_cpu_finetune_1h_runs_on_demo_data(tmp_path: Path, lite0_weights: Path) 
         f"tracking.artifact_root={tmp_path / 'mlruns'}",
         f"hydra.run.dir={tmp_path / 'out'}",
     ]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "derm_exp.train", *args],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run_module("derm_exp.train", *args, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert re.search(r"MLflow run id: [0-9a-f]{32}", proc.stdout)
     ckpt = torch.load(

@@ -4,28 +4,19 @@ gloo processes, measured in one run, reported as img/s and their ratio."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.cli import run_module
 from tests.tiny import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _benchmark(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "derm_exp.benchmark", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_module("derm_exp.benchmark", *args, cwd=ROOT, timeout=600)
 
 
 @pytest.mark.slow
