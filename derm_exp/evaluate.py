@@ -30,6 +30,11 @@ the risk-coverage curve (``plots/risk_coverage.png``), ``eval/aurc``, ``eval/eau
 checkpoint holds an abstention threshold (fitted on the run's validation split), the coverage
 and risk it reaches on the evaluated data (``eval/abstain_coverage``, ``eval/abstain_risk``).
 
+Subgroups (:mod:`derm_exp.evaluation.subgroups`, on the calibrated probabilities): balanced
+accuracy, macro AUC and ECE per sex, age band and body site with lesion-bootstrap CIs and sizes
+(``subgroups.csv``, ``plots/subgroups.png``, ``eval/subgroup_gap_<metric>_<attribute>``); the
+metadata comes from the evaluated rows or the dataset's metadata CSV (``subgroups.*``).
+
 Outputs (Hydra run dir, also logged): ``evaluation_metrics.json``, ``plots/*.png`` and
 ``predictions.csv`` (one row per evaluated sample with its probabilities).
 """
@@ -46,7 +51,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from derm_exp.config import run_hydra_main
-from derm_exp.evaluate_report import DISCLAIMER, Predictions
+from derm_exp.evaluate_report import DISCLAIMER, Predictions, describe_model, subgroup_section
 
 log = logging.getLogger("derm_exp.evaluate")
 
@@ -55,6 +60,7 @@ def check_inputs(cfg: DictConfig) -> None:
     """Fail at once, before torch loads, when the model or the data to evaluate is not there."""
     from derm_exp.data.metadata import DataValidationError, check_data_root
     from derm_exp.errors import ModelSourceError
+    from derm_exp.evaluation.subgroup_report import subgroup_settings
 
     if cfg.model_ref is None:
         raise ModelSourceError("no model given: pass model=<checkpoint, run id or models:/ URI>")
@@ -64,6 +70,10 @@ def check_inputs(cfg: DictConfig) -> None:
         raise DataValidationError(f"split_csv={cfg.split_csv}: no such file")
     check_data_root(cfg.data.root, cfg.data.metadata_file)
     selective_coverages(cfg)
+    subgroup_settings(cfg.get("subgroups"))
+    metadata_csv = (cfg.get("subgroups") or {}).get("metadata_file")
+    if metadata_csv is not None and not Path(metadata_csv).expanduser().is_file():
+        raise DataValidationError(f"subgroups.metadata_file={metadata_csv}: no such file")
 
 
 def evaluation_frame(cfg: DictConfig, source: Any) -> tuple[Any, str]:
@@ -199,6 +209,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     predictions = predict(cfg, frame, labels, loaded, ctx, preset, temperature)
     result = score(cfg, predictions, loaded.classes)
     result["abstention"] = stored_abstention(source, predictions)
+    result["subgroups"] = subgroup_section(cfg, frame, predictions, loaded)
     result.update(
         {
             "level": "lesion" if cfg.lesion_level else "image",
@@ -355,33 +366,6 @@ def selective_coverages(cfg: DictConfig) -> list[float]:
     ):
         raise ConfigError(f"selective_coverages={values}: a list of numbers in (0, 1]")
     return [float(c) for c in values]
-
-
-def describe_model(cfg: DictConfig, source: Any, loaded: Any) -> dict[str, Any]:
-    """The report's ``model`` entry: the reference and what it resolved to."""
-    return {
-        "ref": str(cfg.model_ref),
-        "kind": source.kind,
-        "run_id": source.run_id,
-        "model_version": source.model_version,
-        "checkpoint": str(source.checkpoint),
-        "backbone": loaded.config.get("model", {}).get("name"),
-        **_backend_entry(loaded.model),
-    }
-
-
-def _backend_entry(model: Any) -> dict[str, Any]:
-    """What ran the network: ``backend`` (torch | onnxruntime) and, for ONNX Runtime, the file,
-    its precision and whether it is approximate (int8)."""
-    name = getattr(model, "name", "torch")
-    if name != "onnxruntime":
-        return {"backend": "torch"}
-    return {
-        "backend": name,
-        "onnx": str(model.path),
-        "precision": model.metadata.get("precision"),
-        "approximate": bool(model.approximate),
-    }
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")

@@ -51,6 +51,57 @@ def write_predictions(path: Path, p: Predictions, classes: list[str], lesion_lev
     return path
 
 
+def describe_model(cfg: DictConfig, source: Any, loaded: Any) -> dict[str, Any]:
+    """The report's ``model`` entry: the reference and what it resolved to."""
+    return {
+        "ref": str(cfg.model_ref),
+        "kind": source.kind,
+        "run_id": source.run_id,
+        "model_version": source.model_version,
+        "checkpoint": str(source.checkpoint),
+        "backbone": loaded.config.get("model", {}).get("name"),
+        **_backend_entry(loaded.model),
+    }
+
+
+def _backend_entry(model: Any) -> dict[str, Any]:
+    """What ran the network: ``backend`` (torch | onnxruntime) and, for ONNX Runtime, the file,
+    its precision and whether it is approximate (int8)."""
+    name = getattr(model, "name", "torch")
+    if name != "onnxruntime":
+        return {"backend": "torch"}
+    return {
+        "backend": name,
+        "onnx": str(model.path),
+        "precision": model.metadata.get("precision"),
+        "approximate": bool(model.approximate),
+    }
+
+
+def subgroup_section(
+    cfg: DictConfig, frame: Any, p: Predictions, loaded: Any
+) -> dict[str, Any] | None:
+    """Per sex, age band and body site (:mod:`derm_exp.evaluation.subgroup_report`), on the
+    calibrated probabilities; the metadata the evaluated rows lack is joined from
+    ``subgroups.metadata_file``, else from the training run's dataset (its config's data.root);
+    None with ``subgroups.enabled=false``."""
+    from derm_exp.data.metadata_join import metadata_csv_for, with_patient_metadata
+    from derm_exp.evaluation.subgroup_report import subgroup_report
+
+    settings = cfg.get("subgroups") or {}
+    csv = settings.get("metadata_file") or metadata_csv_for(loaded.config.get("data") or {})
+    return subgroup_report(
+        with_patient_metadata(frame, csv),
+        p.y,
+        p.calibrated,
+        loaded.classes,
+        settings=settings,
+        bootstrap=cfg.bootstrap,
+        lesion_level=bool(cfg.lesion_level),
+        n_bins=int(cfg.n_bins),
+    )
+
+
 def report(
     cfg: DictConfig,
     result: dict[str, Any],
@@ -61,6 +112,7 @@ def report(
 ) -> None:
     """Write the report (and log it to its own MLflow run), then print a summary."""
     from derm_exp.evaluation.report import log_evaluation
+    from derm_exp.evaluation.subgroup_report import gaps_line
 
     probs, calibrated, y = predictions.probs, predictions.calibrated, predictions.y
 
@@ -108,6 +160,8 @@ def report(
         f"{cal['nll']:.4f}  (temperature {result['temperature']['value']:.3f})"
     )
     print("  " + selective_line(result))
+    if gaps_line(result.get("subgroups")):
+        print(f"  {gaps_line(result['subgroups'])} (subgroups.csv, plots/subgroups.png)")
     if result["absent_classes"]:
         print(f"  absent classes: {', '.join(result['absent_classes'])}")
     print(f"  report: {output_dir / 'evaluation_metrics.json'}")

@@ -90,6 +90,10 @@ def flat_metrics(result: Mapping[str, Any], prefix: str = "") -> dict[str, float
         if value is not None:
             flat[f"{prefix}{key}_calibrated"] = float(value)
     flat.update(selective_flat(result.get("selective"), prefix))
+    if result.get("subgroups"):
+        from derm_exp.evaluation.subgroups import gap_metrics
+
+        flat.update(gap_metrics(result["subgroups"], prefix))
     return flat
 
 
@@ -140,6 +144,10 @@ def evaluation_figures(
         figures["risk_coverage"] = plot_risk_coverage(
             result["selective"], (result.get("abstention") or {}).get("on_data")
         )
+    if result.get("subgroups"):
+        from derm_exp.evaluation.subgroup_plots import plot_subgroups
+
+        figures["subgroups"] = plot_subgroups(result["subgroups"])
     return figures
 
 
@@ -183,6 +191,9 @@ def log_evaluation(
             mlflow.log_artifact(str(out / json_name), where.rstrip("/") or None)
     elif active:
         mlflow.log_text(json.dumps(payload, indent=2, default=_json_default), where + json_name)
+    if result.get("subgroups"):
+        csv_name = str(Path(json_name).with_name("subgroups.csv"))
+        _log_subgroup_table(result["subgroups"], output_dir, where + csv_name, active)
     figures = evaluation_figures(result, probs, y_true, classes, calibrated_probs, title)
     figures.update(extra_figures or {})
     for name, fig in figures.items():
@@ -193,6 +204,25 @@ def log_evaluation(
         elif active:
             mlflow.log_figure(fig, f"{where}plots/{name}.png")
     return flat
+
+
+def _log_subgroup_table(
+    section: Mapping[str, Any], output_dir: str | Path | None, name: str, active: bool
+) -> None:
+    """The subgroup table (:func:`derm_exp.evaluation.subgroups.subgroup_table`) as the CSV
+    ``name`` (beside the JSON report), in ``output_dir`` and/or the active MLflow run."""
+    import mlflow
+
+    from derm_exp.evaluation.subgroups import subgroup_table
+
+    text = subgroup_table(section).to_csv(index=False)
+    if output_dir is not None:
+        path = Path(output_dir) / Path(name).name
+        path.write_text(text)
+        if active:
+            mlflow.log_artifact(str(path), str(Path(name).parent).strip(".") or None)
+    elif active:
+        mlflow.log_text(text, name)
 
 
 def _json_default(value: Any) -> Any:

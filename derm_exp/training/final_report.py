@@ -3,7 +3,9 @@
 The report itself (metrics, lesion-level bootstrap CIs, JSON, figures) is
 :mod:`derm_exp.evaluation.report`, shared with ``python -m derm_exp.evaluate``. Logged to the
 training run: ``test/*`` metrics (with ``*_ci_low``/``*_ci_high`` and ``*_calibrated``),
-``temperature``, the abstention threshold fitted on validation (:mod:`.abstention_fit`:
+``temperature``, ``test/subgroup_gap_*`` with ``evaluation/subgroups.csv`` and
+``plots/subgroups.png`` (per sex, age band and body site: ``evaluation.subgroups``), the
+abstention threshold fitted on validation (:mod:`.abstention_fit`:
 ``abstain/*``, ``test/abstain_*``, ``test/aurc``, ``test/selective_*_cov90``, stored in the
 checkpoint), ``evaluation/test_metrics.json`` and ``plots/*.png`` (+ training curves), the
 explanation gallery (``explanations/*.png``, ``explain/*`` metrics; ``explain.gallery``), and
@@ -19,13 +21,15 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from derm_exp.data.metadata import CLASSES
+from derm_exp.data.metadata_join import metadata_csv_for, with_patient_metadata
 from derm_exp.data.splits import load_split_csv
 from derm_exp.evaluation import plots
 from derm_exp.evaluation.calibration import apply_temperature, fit_temperature
 from derm_exp.evaluation.report import evaluate_predictions, log_evaluation
+from derm_exp.evaluation.subgroup_report import gaps_line, subgroup_report, subgroup_settings
 from derm_exp.explanations.gallery import log_training_gallery
 from derm_exp.inference.tta import check_views, views_to_probabilities
 from derm_exp.models.checkpoint import load_checkpoint, save_checkpoint
@@ -51,6 +55,29 @@ def _test_lesions(best_path: Path, n: int) -> list[str] | None:
         return None
     lesions = load_split_csv(path)["lesion_id"].astype(str).tolist()
     return lesions if len(lesions) == n else None
+
+
+def test_subgroups(
+    cfg: DictConfig, best_path: Path, labels: np.ndarray, calibrated: np.ndarray
+) -> dict | None:
+    """Per sex, age band and body site of the test split (the calibrated probabilities; the
+    metadata of the run's dataset): :mod:`derm_exp.evaluation.subgroup_report`. None when
+    ``evaluation.subgroups.enabled=false`` or the saved test split does not match the loader."""
+    settings = OmegaConf.select(cfg, "evaluation.subgroups", default=None)
+    if not subgroup_settings(settings)[0]:
+        return None
+    path = Path(best_path).parent / "splits" / "test.csv"
+    frame = load_split_csv(path) if path.is_file() else None
+    if frame is None or len(frame) != len(labels):
+        log.warning("no subgroup report: the saved test split does not match the test images")
+        return None
+    frame = with_patient_metadata(frame, metadata_csv_for(cfg.data))
+    bootstrap = {"n_boot": int(cfg.evaluation.n_boot), "seed": int(cfg.seed)}
+    section = subgroup_report(
+        frame, labels, calibrated, CLASSES, settings=settings, bootstrap=bootstrap
+    )
+    log.info("test %s", gaps_line(section))
+    return section
 
 
 def log_fit_diagnosis(diagnosis: FitDiagnosis) -> None:
@@ -107,6 +134,7 @@ def final_report(
     )
     on_test = abstention_fit.on_test(abstention, test_labels, calibrated)
     result["abstention"] = {**abstention, "on_data": on_test}
+    result["subgroups"] = test_subgroups(cfg, best_path, test_labels, calibrated)
     abstention_fit.log_abstention(abstention, on_test)
     curves = plots.plot_training_curves({k: v for k, v in history.items() if k != "epoch"})
     log_evaluation(

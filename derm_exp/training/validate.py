@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from derm_exp.config import AMP_MODES, as_list
 from derm_exp.errors import ConfigError
+from derm_exp.evaluation.subgroup_report import subgroup_settings
 from derm_exp.inference.aggregation import VIEW_AGGREGATIONS
 from derm_exp.inference.view_names import SQUARE_ONLY_VIEWS, VIEW_NAMES
 
@@ -168,6 +169,10 @@ def _end_of_run_problems(cfg: DictConfig) -> list[str]:
         not isinstance(name, str) or not name.strip() or any(c in name for c in "/:")
     ):
         problems.append(f"registry.name={name!r}: a non-empty name without '/' or ':'")
+    try:
+        subgroup_settings(OmegaConf.select(cfg, "evaluation.subgroups", default=None))
+    except ConfigError as exc:
+        problems.append(f"evaluation.{exc}")
     return problems
 
 

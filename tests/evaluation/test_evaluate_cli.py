@@ -16,6 +16,7 @@ from derm_exp.data.errors import DataValidationError
 from derm_exp.models.checkpoint import load_checkpoint
 from tests.cli import run_module
 from tests.conftest import compose_train
+from tests.evaluation.subgroup_checks import check_subgroup_outputs
 from tests.inference.conftest import TrainedModel, session_model
 
 PLOTS = {"confusion_matrix.png", "roc_curves.png", "calibration.png", "per_class.png"}
@@ -59,6 +60,7 @@ def test_cli_on_a_run_id_writes_report_and_logs_an_evaluation_run(
             f"tracking.uri={trained_model.tracking_uri}",
             "tta=light",
             "bootstrap.n_boot=200",
+            "subgroups.min_lesions=3",
             "data.num_workers=0",
             f"hydra.run.dir={out}",
         ],
@@ -99,6 +101,7 @@ def test_cli_on_a_run_id_writes_report_and_logs_an_evaluation_run(
     assert logged >= PLOTS
     assert "evaluation_metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert not any(k.startswith("eval") for k in train_run.data.metrics)
+    check_subgroup_outputs(out, trained_model.data_root, client, run.info.run_id, proc.stdout)
 
 
 def test_calibration_is_reported_before_and_after_and_fitted_on_validation(
@@ -193,6 +196,7 @@ def test_readme_evaluate_commands_on_a_demo_model(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr and "MLflow evaluation run:" in proc.stdout
         reports[name] = json.loads((out / "evaluation_metrics.json").read_text())
         assert reports[name]["model"]["run_id"] == run_id, name
+        assert all(e["available"] for e in reports[name]["subgroups"]["attributes"].values())
 
     run, alias, latest, folder = reports.values()
     assert (run["model"]["kind"], alias["model"]["kind"]) == ("run", "registry")

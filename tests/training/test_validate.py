@@ -27,8 +27,9 @@ from tests.conftest import compose_train
         (["evaluation.n_boot=-1"], "evaluation.n_boot=-1 must be >= 0"),
         (["evaluation.n_boot=many"], "evaluation.n_boot='many' must be an integer"),
         (["registry.name=derm/classifier"], "registry.name='derm/classifier': a non-empty name"),
+        (["evaluation.subgroups.min_lesions=0"], "evaluation.subgroups.min_lesions=0: a whole"),
     ],
-    ids=["aggregation", "views", "no_views", "n_boot", "n_boot_text", "registry_name"],
+    ids=["aggregation", "views", "no_views", "n_boot", "n_boot_text", "registry_name", "subgroups"],
 )
 def test_end_of_run_settings_are_checked_up_front(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match="invalid configuration") as info:
