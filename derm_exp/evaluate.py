@@ -141,10 +141,13 @@ def _loader(frame: Any, labels: Any, loaded: Any, cfg: DictConfig) -> Any:
 
     from derm_exp.data.dataset import LesionDataset
     from derm_exp.data.transforms import build_eval_transform
+    from derm_exp.inference.metadata_input import frame_metadata
 
     frame = frame.assign(label=labels)
+    meta = frame_metadata(frame, loaded.metadata_encoder, str(cfg.get("metadata", "auto")))
     # on_bad_image="error": skipping would silently change the evaluated set.
-    dataset = LesionDataset(frame, build_eval_transform(loaded.data_config), on_bad_image="error")
+    tf = build_eval_transform(loaded.data_config)
+    dataset = LesionDataset(frame, tf, on_bad_image="error", metadata=meta)
     return DataLoader(
         dataset,
         batch_size=int(cfg.data.batch_size),
@@ -366,6 +369,8 @@ def describe_model(cfg: DictConfig, source: Any, loaded: Any) -> dict[str, Any]:
         "model_version": source.model_version,
         "checkpoint": str(source.checkpoint),
         "backbone": loaded.config.get("model", {}).get("name"),
+        # Patient metadata: none (image-only model) | auto (the data's own) | withheld.
+        "metadata": str(cfg.get("metadata", "auto")) if loaded.metadata_encoder else "none",
         **_backend_entry(loaded.model),
     }
 
