@@ -116,6 +116,9 @@ def _build_fusion(model_cfg: DictConfig, channels: int, encoder: Any) -> Metadat
             f"model.metadata.method={model_cfg.metadata.method} needs the metadata encoder "
             "fitted on the training split (derm_exp.train fits it; a checkpoint stores it)"
         )
+    dropout = float(model_cfg.metadata.get("dropout", 0.0))
+    if not 0.0 <= dropout < 1.0:  # checked here: hydra's instantiate would wrap the error
+        raise ConfigError(f"model.metadata.dropout={dropout}: must be in [0, 1)")
     options = {k: v for k, v in model_cfg.metadata.items() if k not in ("method", "columns")}
     return instantiate(
         options,
