@@ -151,10 +151,13 @@ def _loader(frame: Any, labels: Any, loaded: Any, cfg: DictConfig) -> Any:
 
     from derm_exp.data.dataset import LesionDataset
     from derm_exp.data.transforms import build_eval_transform
+    from derm_exp.inference.metadata_input import frame_metadata
 
     frame = frame.assign(label=labels)
+    meta = frame_metadata(frame, loaded.metadata_encoder, str(cfg.get("metadata", "auto")))
     # on_bad_image="error": skipping would silently change the evaluated set.
-    dataset = LesionDataset(frame, build_eval_transform(loaded.data_config), on_bad_image="error")
+    tf = build_eval_transform(loaded.data_config)
+    dataset = LesionDataset(frame, tf, on_bad_image="error", metadata=meta)
     return DataLoader(
         dataset,
         batch_size=int(cfg.data.batch_size),

@@ -60,6 +60,8 @@ def describe_model(cfg: DictConfig, source: Any, loaded: Any) -> dict[str, Any]:
         "model_version": source.model_version,
         "checkpoint": str(source.checkpoint),
         "backbone": loaded.config.get("model", {}).get("name"),
+        # Patient metadata: none (image-only model) | auto (the data's own) | withheld.
+        "metadata": str(cfg.get("metadata", "auto")) if loaded.metadata_encoder else "none",
         **_backend_entry(loaded.model),
     }
 

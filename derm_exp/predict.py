@@ -197,7 +197,10 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
     policy = loaded.model.abstention.with_overrides(_abstain_overrides(cfg))
     loaded.model.abstention = policy
     single = Path(cfg.image).expanduser().is_file()
-    found = predict_files(loaded.model, files, int(cfg.batch_size), preset, progress=not single)
+    metadata = _metadata(cfg, files)
+    found = predict_files(
+        loaded.model, files, int(cfg.batch_size), preset, progress=not single, metadata=metadata
+    )
     predicted = [p for p in found if p.result is not None]
     output = Path(cfg.output).expanduser() if cfg.output else None
     if output is None and not single:
@@ -214,6 +217,16 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
     if not single:
         print(f"  {predicted[0].result['disclaimer']}")
     return found
+
+
+def _metadata(cfg: DictConfig, files: list[Path]) -> list[dict[str, Any] | None] | None:
+    """Each file's row of the ``metadata=<csv>`` table (None: not listed), or None without."""
+    if not cfg.get("metadata"):
+        return None
+    from derm_exp.inference.metadata_input import metadata_for_paths, read_metadata_csv
+
+    table = read_metadata_csv(str(cfg.metadata))
+    return metadata_for_paths([str(f) for f in files], table)
 
 
 def _abstain_overrides(cfg: DictConfig) -> dict[str, Any]:

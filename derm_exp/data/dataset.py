@@ -37,6 +37,9 @@ class LesionDataset(Dataset):
     With ``images`` (a :class:`~derm_exp.data.cache.CachedImages` built over the same paths in
     the same order) images come from the decoded-image cache as uint8 (3, H, W) tensors instead
     of decoded files; ``transform`` must then accept tensors (torchvision v2 transforms do).
+
+    With ``metadata`` (an (N, M) float32 array, one encoded row per frame row, see
+    :mod:`derm_exp.data.metadata_encoding`) items are ``(image, label, metadata_row)``.
     """
 
     def __init__(
@@ -45,6 +48,7 @@ class LesionDataset(Dataset):
         transform: Callable[[Any], Any] | None = None,
         on_bad_image: str = "skip",
         images: CachedImages | None = None,
+        metadata: np.ndarray | None = None,
     ) -> None:
         if on_bad_image not in BAD_IMAGE_POLICIES:
             raise ValueError(
@@ -60,6 +64,9 @@ class LesionDataset(Dataset):
         self.labels: list[int] = [int(x) for x in frame["label"]]
         if images is not None and images.sources != self.paths:
             raise ValueError("the image cache was built for other files than this frame's paths")
+        if metadata is not None and len(metadata) != len(self.paths):
+            raise ValueError(f"{len(metadata)} metadata rows for {len(self.paths)} images")
+        self.metadata = None if metadata is None else np.asarray(metadata, dtype=np.float32)
         self.transform = transform
         self.on_bad_image = on_bad_image
         self.images = images
@@ -89,7 +96,7 @@ class LesionDataset(Dataset):
             return self.images.view(i)
         return self.images.image(i)
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
         n = len(self.paths)
         for offset in range(n):
             i = (index + offset) % n
@@ -101,6 +108,8 @@ class LesionDataset(Dataset):
                 self._record_bad(i, e)
                 continue
             out = self.transform(img) if self.transform is not None else img
+            if self.metadata is not None:
+                return out, self.labels[i], self.metadata[i]
             return out, self.labels[i]
         raise DataValidationError(f"no readable image in the dataset ({n} files tried)")
 
@@ -146,15 +155,16 @@ def stack_channels_last(images: Sequence[torch.Tensor], shared: bool = False) ->
     return out
 
 
-def collate_images(batch: Sequence[tuple[Any, int]]) -> tuple[Any, Any]:
-    """``collate_fn`` for ``(image, label)`` samples: a channels-last batch of the images (in
-    shared memory in a DataLoader worker) and the labels as an int64 numpy array.
+def collate_images(batch: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """``collate_fn`` for ``(image, label[, metadata])`` samples: a channels-last batch of the
+    images (in shared memory in a DataLoader worker) and the labels as an int64 numpy array.
 
     Workers hand over uint8 images this way and the consuming process converts them to float
     (:class:`BatchTransform`): a float batch is 4x the bytes, and writing it into fresh shared
     memory cost the workers more than the whole cached augmentation. The labels travel inside
     the message: a tensor would need a shared-memory segment and a file-descriptor exchange of
     its own, which cost 10-20 % of the cached loader's throughput (measured, 2 workers).
+    Metadata rows, when the samples have them, come third as one (N, M) float32 numpy array.
     :class:`~derm_exp.training.data_setup.DeviceBatches` turns them into a tensor. Samples
     that are not (C, H, W) tensors go to torch's ``default_collate``.
     """
@@ -162,8 +172,11 @@ def collate_images(batch: Sequence[tuple[Any, int]]) -> tuple[Any, Any]:
     if not (isinstance(first, torch.Tensor) and first.ndim == 3):
         return torch.utils.data.default_collate(batch)
     in_worker = torch.utils.data.get_worker_info() is not None
-    images = stack_channels_last([x for x, _ in batch], shared=in_worker)
-    return images, np.array([int(y) for _, y in batch], dtype=np.int64)
+    images = stack_channels_last([b[0] for b in batch], shared=in_worker)
+    labels = np.array([int(b[1]) for b in batch], dtype=np.int64)
+    if len(batch[0]) > 2:
+        return images, labels, np.stack([b[2] for b in batch]).astype(np.float32, copy=False)
+    return images, labels
 
 
 def _to_float(images: torch.Tensor, dtype: torch.dtype, norm: v2.Normalize | None) -> torch.Tensor:

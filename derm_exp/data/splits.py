@@ -16,6 +16,7 @@ from derm_exp.data.metadata import CLASS_TO_INDEX, CLASSES
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SPLIT_COLUMNS: tuple[str, ...] = ("image_id", "lesion_id", "dx", "label", "path")
+SPLIT_METADATA_COLUMNS: tuple[str, ...] = ("age", "sex", "localization")  # written when present
 MIN_LESIONS_PER_CLASS = 3
 log = logging.getLogger(__name__)
 
@@ -149,13 +150,16 @@ def split_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def save_splits(df: pd.DataFrame, out_dir: str | Path) -> list[Path]:
-    """Write ``train.csv``/``val.csv``/``test.csv`` (image_id, lesion_id, dx, label, path)."""
+    """Write ``train.csv``/``val.csv``/``test.csv`` (image_id, lesion_id, dx, label, path, and
+    the patient metadata columns age, sex, localization where the dataset has them, so
+    evaluating a metadata model on a run's split finds them)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    columns = [*SPLIT_COLUMNS, *(c for c in SPLIT_METADATA_COLUMNS if c in df.columns)]
     for s in SPLITS:
         path = out_dir / f"{s}.csv"
-        df.loc[df["split"] == s, list(SPLIT_COLUMNS)].to_csv(path, index=False)
+        df.loc[df["split"] == s, columns].to_csv(path, index=False)
         written.append(path)
     return written
 

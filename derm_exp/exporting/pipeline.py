@@ -14,7 +14,7 @@ from typing import Any
 from derm_exp.exporting.metadata import attach_metadata, build_metadata, check_session
 from derm_exp.exporting.network import export_network
 from derm_exp.exporting.quantize import quantize_int8
-from derm_exp.exporting.runtime import open_session, require_onnx
+from derm_exp.exporting.runtime import OnnxModelError, open_session, require_onnx
 from derm_exp.exporting.verify import TOLERANCES, Verification, verification_inputs, verify_export
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,17 @@ def onnx_file_name(checkpoint: str | Path, quantize: str | None = None) -> str:
     return f"{stem}.{quantize}.onnx" if quantize else f"{stem}.onnx"
 
 
+def refuse_metadata_model(loaded: Any) -> None:
+    """:class:`OnnxModelError` for a metadata-fusion model: ONNX export (and so
+    ``backend=onnxruntime``) covers image-only models only."""
+    if getattr(loaded, "metadata_encoder", None) is not None:
+        method = (loaded.config.get("model", {}).get("metadata") or {}).get("method", "?")
+        raise OnnxModelError(
+            f"this model fuses patient metadata (model/metadata={method}); ONNX export and "
+            "backend=onnxruntime support image-only models only: use backend=torch"
+        )
+
+
 def export_loaded(
     loaded: Any,
     source: Any,
@@ -52,7 +63,9 @@ def export_loaded(
     """Export ``loaded.model`` to ``out``: ONNX (opset 17, dynamic batch), optionally int8, its
     metadata embedded (:mod:`derm_exp.exporting.metadata`), verified against PyTorch on
     :func:`~derm_exp.exporting.verify.verification_inputs` before ``out`` is written (atomic
-    rename: a failed export leaves no file)."""
+    rename: a failed export leaves no file). A metadata-fusion model is refused (its graph has a
+    second input, the encoded metadata, which the exported file's single image input lacks)."""
+    refuse_metadata_model(loaded)
     require_onnx("onnx")
     require_onnx("onnxruntime")
     if quantize not in QUANTIZE:

@@ -77,13 +77,15 @@ class TorchBackend:
     def eval(self) -> TorchBackend:
         return self
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *metadata: torch.Tensor) -> torch.Tensor:
+        """(N, C) logits; ``metadata``: a metadata-fusion model's (N, M) encoded metadata."""
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        extra = [m.to(self.device) for m in metadata]
         with self.precision.autocast(self.device):
             if self._compile_checked:
-                return self.model(x)
+                return self.model(x, *extra)
             try:  # the first call compiles
-                out = self.model(x)
+                out = self.model(x, *extra)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: run eagerly instead
                 log.warning(
                     "torch.compile failed (%s: %s); running the model eagerly",
@@ -91,7 +93,7 @@ class TorchBackend:
                     str(exc).splitlines()[0][:200] if str(exc) else "",
                 )
                 self.model = self.eager_model
-                out = self.model(x)
+                out = self.model(x, *extra)
             self._compile_checked = True
             return out
 

@@ -47,6 +47,9 @@ from derm_exp.inference.members import (
 from derm_exp.inference.predictor import DISCLAIMER, SkinLesionPredictor
 from derm_exp.inference.tta import TTAPreset
 
+# One patient-metadata dict (age, sex, localization) or None per image; None: no metadata.
+Metadata = Sequence[Mapping[str, Any] | None] | None
+
 log = logging.getLogger(__name__)
 
 
@@ -202,10 +205,19 @@ class EnsemblePredictor:
 
     # -- prediction ---------------------------------------------------------------------------
     def _batches(
-        self, images: Sequence[ImageInput], batch_size: int, preset: TTAPreset, progress: bool
+        self,
+        images: Sequence[ImageInput],
+        batch_size: int,
+        preset: TTAPreset,
+        progress: bool,
+        metadata: Metadata = None,
     ) -> Iterator[tuple[int, np.ndarray, list[list[str]]]]:
         """Yield ``(start, member probabilities (M, B, C), input-quality reasons per image)``
-        per batch of images (the gate checks the decoded images, before any resizing)."""
+        per batch of images (the gate checks the decoded images, before any resizing).
+        ``metadata`` (one dict or None per image) reaches the metadata-fusion members, each
+        encoding it with its own stored encoder; image-only members ignore it."""
+        if metadata is not None and len(metadata) != len(images):
+            raise PredictionInputError(f"{len(metadata)} metadata entries for {len(images)} images")
         if batch_size < 1:
             raise PredictionInputError(f"batch_size={batch_size} must be >= 1")
         bar = tqdm(
@@ -216,11 +228,13 @@ class EnsemblePredictor:
             quality = [quality_reasons(img, self.abstention.quality) for img in pil]
             cache: dict[str, torch.Tensor] = {}
             out = []
+            records = None if metadata is None else list(metadata[start : start + batch_size])
             for predictor in self.predictors:
                 key = json.dumps(predictor.data_config, sort_keys=True, default=str)
                 if key not in cache:  # members with the same preprocessing share the tensor
                     cache[key] = torch.stack([predictor.transform(img) for img in pil])
-                probs, _ = predictor.probabilities(cache[key], preset)
+                meta = predictor.encode_metadata(records, len(pil)) if records else None
+                probs, _ = predictor.probabilities(cache[key], preset, meta)
                 out.append(probs)
             bar.update(len(pil))
             yield start, np.stack(out), quality
@@ -232,9 +246,10 @@ class EnsemblePredictor:
         tta: str | TTAPreset | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        metadata: Metadata = None,
     ) -> np.ndarray:
         """Every member's probabilities (M, N, C) (TTA views aggregated per member)."""
-        return self._scored(images, tta, batch_size, progress)[0]
+        return self._scored(images, tta, batch_size, progress, metadata)[0]
 
     def _scored(
         self,
@@ -242,13 +257,15 @@ class EnsemblePredictor:
         tta: str | TTAPreset | None,
         batch_size: int,
         progress: bool,
+        metadata: Metadata = None,
     ) -> tuple[np.ndarray, list[list[str]]]:
         """Member probabilities (M, N, C) and each image's input-quality reasons."""
         images = as_image_list(images)
         preset = SkinLesionPredictor.tta_preset(tta)
         out = np.empty((len(self.members), len(images), len(self.classes)), dtype=np.float64)
         quality: list[list[str]] = []
-        for start, probs, reasons in self._batches(images, batch_size, preset, progress):
+        batches = self._batches(images, batch_size, preset, progress, metadata)
+        for start, probs, reasons in batches:
             out[:, start : start + probs.shape[1]] = probs
             quality += reasons
         return out, quality
@@ -271,15 +288,20 @@ class EnsemblePredictor:
         tta: str | TTAPreset | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        metadata: Metadata = None,
     ) -> EnsembleOutput:
         """Member and ensemble probabilities as arrays."""
-        return self.combine(self.member_probabilities(images, tta, batch_size, progress))
+        member = self.member_probabilities(images, tta, batch_size, progress, metadata)
+        return self.combine(member)
 
     def predict_proba(
-        self, images: Sequence[ImageInput] | ImageInput, batch_size: int = 32
+        self,
+        images: Sequence[ImageInput] | ImageInput,
+        batch_size: int = 32,
+        metadata: Metadata = None,
     ) -> np.ndarray:
         """Ensemble probabilities (N, C), columns in ``self.classes`` order."""
-        return self.predict_arrays(images, batch_size=batch_size).probs
+        return self.predict_arrays(images, batch_size=batch_size, metadata=metadata).probs
 
     def predict(
         self,
@@ -287,12 +309,13 @@ class EnsemblePredictor:
         batch_size: int = 32,
         tta: str | TTAPreset | None = None,
         progress: bool = False,
+        metadata: Metadata = None,
     ) -> list[dict[str, Any]]:
         """One dict per image: the single-model predictor's keys plus the ensemble's
         uncertainty (``std``, ``entropy``, ``mutual_information``, ``disagreement``),
         ``members``, ``decision``/``reasons``/``abstention`` and ``disclaimer``."""
         preset = SkinLesionPredictor.tta_preset(tta)
-        member_probs, quality = self._scored(images, preset, batch_size, progress)
+        member_probs, quality = self._scored(images, preset, batch_size, progress, metadata)
         out = self.combine(member_probs)
         unc = out.uncertainty()
         results = []
@@ -346,9 +369,10 @@ class EnsemblePredictor:
         batch_size: int = 32,
         tta: str | TTAPreset | None = None,
         progress: bool = False,
+        metadata: Metadata = None,
     ) -> list[dict[str, Any]]:
         """:meth:`predict` under the name and signature of ``SkinLesionPredictor.predict_batch``."""
-        return self.predict(images, batch_size, tta, progress)
+        return self.predict(images, batch_size, tta, progress, metadata)
 
     def predict_with_tta(
         self, images: Sequence[ImageInput] | ImageInput, mode: str = "medium", batch_size: int = 32

@@ -27,7 +27,12 @@ class BatchPredictor(Protocol):
     classes: list[str]
 
     def predict_batch(
-        self, images: Sequence[Any], batch_size: int = 32, tta: Any = None, progress: bool = False
+        self,
+        images: Sequence[Any],
+        batch_size: int = 32,
+        tta: Any = None,
+        progress: bool = False,
+        metadata: Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]: ...
 
 
@@ -52,11 +57,13 @@ def predict_files(
     batch_size: int,
     preset: TTAPreset,
     progress: bool = False,
+    metadata: Sequence[dict[str, Any] | None] | None = None,
 ) -> list[FilePrediction]:
     """One :class:`FilePrediction` per file, in order.
 
     Each chunk of ``batch_size`` files is decoded here (as the dataset decodes them) and goes
-    through the model in one call, so a broken file costs only its own result.
+    through the model in one call, so a broken file costs only its own result. ``metadata``:
+    one patient-metadata dict (or None) per file, for metadata-fusion models.
     """
     if batch_size < 1:
         raise PredictionInputError(f"batch_size={batch_size} must be >= 1")
@@ -64,14 +71,18 @@ def predict_files(
     bar = tqdm(total=len(files), desc="predict", unit="img", disable=None if progress else True)
     for start in range(0, len(files), batch_size):
         chunk = list(files[start : start + batch_size])
-        images, errors = [], {}
+        images, errors, records = [], {}, []
         for i, path in enumerate(chunk):
             try:
                 images.append(load_image(str(path)))
+                records.append(None if metadata is None else metadata[start + i])
             except BadImageError as exc:
                 errors[i] = read_error(exc)
                 log.warning("cannot read %s: %s", path, errors[i])
-        results = iter(model.predict_batch(images, batch_size, preset) if images else [])
+        meta = None if metadata is None else records
+        results = iter(
+            model.predict_batch(images, batch_size, preset, metadata=meta) if images else []
+        )
         for i, path in enumerate(chunk):
             error = errors.get(i)
             out.append(FilePrediction(path, None if error else next(results), error))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
+from derm_exp.data.metadata_encoding import MetadataEncoder, encoder_from_checkpoint
 from derm_exp.models.checkpoint import checkpoint_metadata, load_checkpoint
 from derm_exp.models.classifier import SkinLesionClassifier, build_model
 
@@ -23,13 +25,24 @@ class LoadedModel:
     config: dict
     checkpoint_path: Path | None
     abstention: dict | None = None  # the checkpoint's selective-prediction entry, if any
+    # A metadata-fusion model's patient-metadata encoder (fitted on its training split).
+    metadata_encoder: MetadataEncoder | None = None
+
+    def encode_metadata(self, records: Any) -> Any:
+        """(N, M) float32 tensor for one metadata dict (or None) per image; None for an
+        image-only model (which ignores metadata)."""
+        if self.metadata_encoder is None:
+            return None
+        return torch.from_numpy(self.metadata_encoder.encode_records(list(records)))
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a ``checkpoint_best.pt``/``checkpoint_latest.pt`` written by derm_exp.
 
     The architecture, class list, preprocessing (``data_config``) and temperature all come from
-    the checkpoint. Loading uses ``torch.load(weights_only=True)``.
+    the checkpoint, and so does a metadata model's encoder. Loading uses
+    ``torch.load(weights_only=True)``; an image-only checkpoint from before metadata fusion
+    loads as an image-only model.
     """
     ck = load_checkpoint(path)
     meta = checkpoint_metadata(ck, path)
@@ -37,7 +50,10 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
     # The checkpoint holds every weight: never fetch or read pretrained weights again.
     model_cfg.pretrained, model_cfg.pretrained_file = False, None
     image_size = meta.data_config["input_size"][-1]
-    model = build_model(model_cfg, num_classes=len(meta.classes), image_size=image_size)
+    encoder = encoder_from_checkpoint(meta.metadata_encoding)
+    model = build_model(
+        model_cfg, num_classes=len(meta.classes), image_size=image_size, metadata_encoder=encoder
+    )
     model.load_state_dict(ck["model"])
     model.to(device).eval()
     return LoadedModel(
@@ -48,4 +64,5 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> Loa
         config=meta.config,
         checkpoint_path=Path(path),
         abstention=meta.abstention,
+        metadata_encoder=encoder,
     )

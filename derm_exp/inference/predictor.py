@@ -6,7 +6,10 @@ The network, its preprocessing (the validation transform it was trained with) an
 come from the checkpoint. Images are opened exactly like the training dataset opens them
 (:func:`derm_exp.data.images.load_image`: EXIF orientation applied, any mode to 8-bit RGB,
 transparency composited onto black), so a file gives the same probabilities here as in
-evaluation. The model is loaded once and runs under ``torch.inference_mode`` in channels-last
+evaluation. A metadata-fusion model also takes optional patient metadata per image
+(``predict(image, metadata={"age": 55, "sex": "male", "localization": "back"})``), encoded by
+the encoder stored in its checkpoint; without it an image counts as "nothing known". The model
+is loaded once and runs under ``torch.inference_mode`` in channels-last
 memory format; a batch of images (times its TTA views) goes through the network in one forward.
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from derm_exp.data.errors import DataValidationError
 from derm_exp.data.images import BadImageError
 from derm_exp.data.metadata import CLASS_DESCRIPTIONS
 from derm_exp.data.transforms import build_eval_transform
@@ -136,6 +140,9 @@ class SkinLesionPredictor:
         self.checkpoint_path = loaded.checkpoint_path
         self.source = source
         self.abstention = AbstentionPolicy.from_checkpoint(getattr(loaded, "abstention", None))
+        # A metadata-fusion model's patient-metadata encoder (None: image-only model).
+        self.metadata_encoder = getattr(loaded, "metadata_encoder", None)
+        self._warned_unused_metadata = False
         # int8 ONNX exports are approximate; predictions say so (result()["approximate"]).
         self.approximate = bool(self.backend.approximate)
 
@@ -256,25 +263,55 @@ class SkinLesionPredictor:
         """One image -> the normalised (3, H, W) tensor the network was validated on."""
         return self.transform(to_rgb_image(image))
 
+    def encode_metadata(
+        self, records: Sequence[Mapping[str, Any] | None] | None, n: int
+    ) -> torch.Tensor | None:
+        """(n, M) encoded metadata for one dict (or None) per image; None for an image-only
+        model (given metadata is ignored, with one warning) or when ``records`` is None."""
+        if records is None:
+            return None
+        records = list(records)
+        if len(records) != n:
+            raise PredictionInputError(f"{len(records)} metadata entries for {n} images")
+        if self.metadata_encoder is None:
+            if any(records) and not self._warned_unused_metadata:
+                self._warned_unused_metadata = True
+                log.warning("this model does not use patient metadata: the metadata is ignored")
+            return None
+        try:
+            return torch.from_numpy(self.metadata_encoder.encode_records(records))
+        except DataValidationError as exc:
+            raise PredictionInputError(str(exc)) from None
+
     @torch.inference_mode()
-    def logits(self, batch: torch.Tensor, views: Sequence[str] = ("identity",)) -> torch.Tensor:
-        """(V, B, C) logits of every view of a preprocessed batch (B, 3, H, W): one forward."""
+    def logits(
+        self,
+        batch: torch.Tensor,
+        views: Sequence[str] = ("identity",),
+        metadata: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(V, B, C) logits of every view of a preprocessed batch (B, 3, H, W): one forward.
+        ``metadata``: a metadata model's (B, M) encoded metadata (:meth:`encode_metadata`)."""
         x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
         views = list(views)
         if views != ["identity"]:
             x = expand_views(x, views)
-        out = self._forward(x).float().cpu()
+            metadata = None if metadata is None else metadata.repeat(len(views), 1)
+        out = self._forward(x, metadata).float().cpu()
         return out.reshape(len(views), batch.shape[0], out.shape[-1])
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
         """The backend's (N, C) logits (:mod:`derm_exp.inference.backends`)."""
-        return self.backend(x)
+        return self.backend(x) if metadata is None else self.backend(x, metadata)
 
     def probabilities(
-        self, batch: torch.Tensor, preset: TTAPreset = SINGLE_VIEW
+        self,
+        batch: torch.Tensor,
+        preset: TTAPreset = SINGLE_VIEW,
+        metadata: torch.Tensor | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(aggregated (B, C), per-view (V, B, C)) probabilities at the predictor's temperature."""
-        logits = self.logits(batch, preset.views)
+        logits = self.logits(batch, preset.views, metadata)
         per_view = torch.softmax(logits / self.temperature, -1).numpy()
         if logits.shape[0] == 1:  # same arithmetic as single-view evaluation
             return views_to_probabilities(logits[0], self.temperature), per_view
@@ -292,13 +329,15 @@ class SkinLesionPredictor:
         preset: TTAPreset = SINGLE_VIEW,
         progress: bool = False,
         skip_unreadable: bool = False,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """Yield ``(index, probs (C,), per-view probs (V, C))`` per image, batch by batch.
 
         With ``skip_unreadable`` undecodable files are logged and left out instead of raising.
+        ``metadata``: one dict (age, sex, localization; or None) per image.
         """
         for i, probs, per_view, _ in self.iter_scored(
-            images, batch_size, preset, progress, skip_unreadable
+            images, batch_size, preset, progress, skip_unreadable, metadata
         ):
             yield i, probs, per_view
 
@@ -309,12 +348,14 @@ class SkinLesionPredictor:
         preset: TTAPreset = SINGLE_VIEW,
         progress: bool = False,
         skip_unreadable: bool = False,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray, list[str]]]:
         """:meth:`iter_predictions` plus each image's input-quality reasons (checked on the
         decoded image before it is resized)."""
         if batch_size < 1:
             raise PredictionInputError(f"batch_size={batch_size} must be >= 1")
         images = list(images)
+        encoded = self.encode_metadata(metadata, len(images))
         bar = tqdm(
             total=len(images), desc="predict", unit="img", disable=None if progress else True
         )
@@ -331,7 +372,8 @@ class SkinLesionPredictor:
                         raise
                     log.warning("skipping %s", exc)
             if tensors:
-                probs, per_view = self.probabilities(torch.stack(tensors), preset)
+                meta = None if encoded is None else encoded[index]
+                probs, per_view = self.probabilities(torch.stack(tensors), preset, meta)
                 for j, i in enumerate(index):
                     yield i, probs[j], per_view[:, j], quality[j]
             bar.update(min(batch_size, len(images) - start))
@@ -378,18 +420,26 @@ class SkinLesionPredictor:
 
     # -- public API ---------------------------------------------------------------------------
     def predict_proba(
-        self, images: Sequence[ImageInput] | ImageInput, batch_size: int = 32
+        self,
+        images: Sequence[ImageInput] | ImageInput,
+        batch_size: int = 32,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> np.ndarray:
-        """Class probabilities (N, C), columns in ``self.classes`` order."""
+        """Class probabilities (N, C), columns in ``self.classes`` order; ``metadata``: one
+        dict (or None) per image, for a metadata-fusion model."""
         images = as_image_list(images)
         out = np.empty((len(images), len(self.classes)), dtype=np.float32)
-        for i, probs, _ in self.iter_predictions(images, batch_size):
+        for i, probs, _ in self.iter_predictions(images, batch_size, metadata=metadata):
             out[i] = probs
         return out
 
-    def predict(self, image: ImageInput) -> dict[str, Any]:
-        """Prediction for one image (single pass): see :meth:`result` for the keys."""
-        return self.predict_batch([image], batch_size=1)[0]
+    def predict(
+        self, image: ImageInput, metadata: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Prediction for one image (single pass): see :meth:`result` for the keys.
+        ``metadata``: e.g. ``{"age": 55, "sex": "male", "localization": "back"}`` (any subset;
+        a metadata-fusion model reads the rest as missing, an image-only model ignores it)."""
+        return self.predict_batch([image], batch_size=1, metadata=[metadata])[0]
 
     def predict_batch(
         self,
@@ -397,14 +447,22 @@ class SkinLesionPredictor:
         batch_size: int = 32,
         tta: str | TTAPreset | None = None,
         progress: bool = False,
+        metadata: Sequence[Mapping[str, Any] | None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Predictions for many images, ``batch_size`` images (x their views) per forward."""
+        """Predictions for many images, ``batch_size`` images (x their views) per forward;
+        ``metadata``: one dict (or None) per image."""
         preset = self.tta_preset(tta)
-        found = self.iter_scored(as_image_list(images), batch_size, preset, progress)
+        found = self.iter_scored(
+            as_image_list(images), batch_size, preset, progress, metadata=metadata
+        )
         return [self.result(p, v, preset, q) for _, p, v, q in found]
 
     def predict_with_tta(
-        self, image: ImageInput, mode: str = "medium", aggregation: str | None = None
+        self,
+        image: ImageInput,
+        mode: str = "medium",
+        aggregation: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Prediction averaged over the views of ``conf/tta/<mode>.yaml`` (one forward).
 
@@ -412,7 +470,8 @@ class SkinLesionPredictor:
         aggregation is renormalised to a distribution. Adds ``view_std``: the standard
         deviation across views of the predicted class's probability.
         """
-        return self.predict_batch([image], tta=self.tta_preset(mode, aggregation))[0]
+        preset = self.tta_preset(mode, aggregation)
+        return self.predict_batch([image], tta=preset, metadata=[metadata])[0]
 
     @staticmethod
     def tta_preset(tta: str | TTAPreset | None, aggregation: str | None = None) -> TTAPreset:

@@ -21,6 +21,11 @@ as at training time, from the checkpoint's own preprocessing config):
   URL-safe alphabet, line breaks allowed), or ``data:image/...;base64,...`` URIs;
 * or a plain list (or 1-D array / Series) of the same.
 
+Patient metadata for a metadata-fusion model: DataFrame columns ``age``, ``sex`` and/or
+``localization`` beside ``image`` (an empty/NaN cell is "not known"), e.g.
+``pd.DataFrame({"image": ["a.jpg"], "age": [55], "sex": ["male"], "localization": ["back"]})``.
+Image-only models ignore them.
+
 A string is read as a data URI when it starts with ``data:``, else as a path when that file
 exists, else as base64; anything else is a :class:`~derm_exp.errors.PredictionInputError` naming
 the row.
@@ -54,6 +59,7 @@ import pandas as pd
 from PIL import Image
 
 from derm_exp.data.images import BadImageError, load_image
+from derm_exp.data.metadata_encoding import METADATA_COLUMNS
 from derm_exp.errors import PredictionInputError
 from derm_exp.inference.predictor import DISCLAIMER
 
@@ -176,6 +182,18 @@ def images_from_input(model_input: Any) -> list[Any]:
     return [_decode(item, i) for i, item in enumerate(items)]
 
 
+def metadata_from_input(model_input: Any) -> list[dict[str, Any] | None] | None:
+    """One metadata dict per row from a DataFrame's age/sex/localization columns (NaN cells
+    left out: not known); None when the input has none of them."""
+    if not isinstance(model_input, pd.DataFrame):
+        return None
+    fields = [c for c in METADATA_COLUMNS if c in model_input.columns]
+    if not fields:
+        return None
+    rows = model_input[fields].astype(object).where(model_input[fields].notna(), None)
+    return [{k: v for k, v in rec.items() if v is not None} for rec in rows.to_dict("records")]
+
+
 class DermClassifierModel(mlflow.pyfunc.PythonModel):
     """One derm_exp checkpoint (artifact ``checkpoint``) served through the predictor.
 
@@ -201,7 +219,8 @@ class DermClassifierModel(mlflow.pyfunc.PythonModel):
     ) -> pd.DataFrame:
         """Class probabilities (N, C) as a DataFrame with one column per class, then
         ``decision`` and ``reasons`` (:mod:`derm_exp.inference.abstention`)."""
-        results = self._predictor.predict_batch(images_from_input(model_input))
+        images, metadata = images_from_input(model_input), metadata_from_input(model_input)
+        results = self._predictor.predict_batch(images, metadata=metadata)
         return decision_frame(results, self.classes)
 
 
@@ -233,7 +252,8 @@ class DermEnsembleModel(mlflow.pyfunc.PythonModel):
         self, context: Any, model_input: pd.DataFrame, params: dict | None = None
     ) -> pd.DataFrame:
         """Ensemble probabilities, uncertainty, ``decision`` and ``reasons`` per image."""
-        results = self._ensemble.predict(images_from_input(model_input))
+        images, metadata = images_from_input(model_input), metadata_from_input(model_input)
+        results = self._ensemble.predict(images, metadata=metadata)
         keys = ("confidence", "std", "entropy", "mutual_information", "disagreement")
         return decision_frame(results, self._ensemble.classes, keys)
 

@@ -97,7 +97,10 @@ class CheckpointMeta(TypedDict):
     each config group the model was built from (``{"model": "tiny", "model/head": "acrnn",
     "loss": "focal", ...}``, see :mod:`derm_exp.tracking.choices`); ``classes``: the output
     order; ``data_config``: timm's preprocessing (input size, mean, std, ...);
-    ``data_fingerprint``: hash of the split assignment; ``run_id``: the MLflow training run.
+    ``data_fingerprint``: hash of the split assignment; ``run_id``: the MLflow training run;
+    ``metadata_encoding`` (metadata-fusion models only; absent or None in image-only ones and in
+    files from before it): the patient-metadata encoder fitted on the training split, as the
+    plain dict of :meth:`derm_exp.data.metadata_encoding.MetadataEncoder.to_dict`.
     """
 
     format: str
@@ -108,6 +111,7 @@ class CheckpointMeta(TypedDict):
     data_config: dict[str, Any]
     data_fingerprint: str
     run_id: str | None
+    metadata_encoding: NotRequired[dict[str, Any] | None]
 
 
 class BestCheckpoint(CheckpointMeta):
@@ -148,7 +152,9 @@ class LatestCheckpoint(CheckpointMeta):
 
 
 # Resume needs all of these; checkpoint_best.pt lacks most of them.
-LATEST_KEYS = tuple(k for k in LatestCheckpoint.__annotations__ if k not in ("format", "kind"))
+LATEST_KEYS = tuple(
+    k for k in LatestCheckpoint.__annotations__ if k not in ("format", "kind", "metadata_encoding")
+)
 
 
 def checkpoint_meta(
@@ -159,10 +165,11 @@ def checkpoint_meta(
     data_config: Mapping[str, Any],
     data_fingerprint: str,
     run_id: str | None = None,
+    metadata_encoding: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The metadata part every checkpoint of a run shares (``kind`` is set by the writers);
     ``config`` must be the resolved, redacted config as a plain dict."""
-    return {
+    meta: dict[str, Any] = {
         "format": FORMAT,
         "config": dict(config),
         "choices": {str(k): str(v) for k, v in choices.items()},
@@ -171,6 +178,9 @@ def checkpoint_meta(
         "data_fingerprint": str(data_fingerprint),
         "run_id": run_id,
     }
+    if metadata_encoding:  # image-only checkpoints stay exactly as before
+        meta["metadata_encoding"] = dict(metadata_encoding)
+    return meta
 
 
 @dataclass(frozen=True)
@@ -191,6 +201,7 @@ class CheckpointMetadata:
     best: dict[str, Any] | None
     temperature: float
     abstention: dict[str, Any] | None = None
+    metadata_encoding: dict[str, Any] | None = None
 
     @property
     def monitor(self) -> str | None:
@@ -228,6 +239,7 @@ def checkpoint_metadata(
         best=dict(best) if best else None,
         temperature=float(ck.get("temperature", 1.0)),
         abstention=dict(ck["abstention"]) if ck.get("abstention") else None,
+        metadata_encoding=dict(ck["metadata_encoding"]) if ck.get("metadata_encoding") else None,
     )
 
 

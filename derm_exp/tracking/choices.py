@@ -27,7 +27,7 @@ from derm_exp.config import derive_choices
 from derm_exp.config import option_contents as _options
 
 # Tag key of a group's choice where it differs from the group name.
-GROUP_TAGS = {"model/head": "head"}
+GROUP_TAGS = {"model/head": "head", "model/metadata": "metadata"}
 # Tag -> (group, config key of the class) for the tags that used to hold class names.
 CLASS_TAGS = {"head": ("model/head", "_target_"), "loss": ("loss", "criterion._target_")}
 PARAM_PREFIX = "choice."
@@ -82,9 +82,12 @@ def class_tags(cfg: DictConfig) -> dict[str, str]:
 
 
 def default_run_name(cfg: DictConfig, choices: Mapping[str, str]) -> str:
-    """``<backbone>-<head>-<loss>-s<seed>``, e.g. ``test_efficientnet-acrnn-label_smoothing-s42``
-    (a part that is unknown is left out)."""
-    parts = [cfg.model.name, choices.get("model/head"), choices.get("loss"), f"s{cfg.seed}"]
+    """``<backbone>-<head>[-<metadata>]-<loss>-s<seed>``, e.g.
+    ``test_efficientnet-acrnn-label_smoothing-s42`` (a part that is unknown is left out; the
+    ``model/metadata`` option only when it is not ``none``)."""
+    fusion = choices.get("model/metadata")
+    fusion = None if fusion in (None, "none") else fusion
+    parts = [cfg.model.name, choices.get("model/head"), fusion, choices.get("loss"), f"s{cfg.seed}"]
     return "-".join(str(p) for p in parts if p)
 
 

@@ -24,10 +24,12 @@ from derm_exp.data.dataset import (
     split_batch_transform,
 )
 from derm_exp.data.metadata import CLASSES, load_metadata
+from derm_exp.data.metadata_encoding import MetadataEncoder
 from derm_exp.data.sampling import RankSliceSampler, ShardSampler, make_weighted_sampler
 from derm_exp.data.splits import split_from_config
 from derm_exp.data.synthetic import resolve_data_root
 from derm_exp.data.transforms import build_eval_transform, build_train_transform
+from derm_exp.models.fusion import metadata_method
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,22 @@ def split_frame(data_cfg: DictConfig) -> pd.DataFrame:
     return split_from_config(frame, data_cfg)
 
 
+def fit_metadata_encoder(frame: pd.DataFrame, model_cfg: DictConfig) -> MetadataEncoder | None:
+    """The metadata encoder of a ``model.metadata`` fusion model, fitted on the rows of the
+    training split only; None for an image-only model (``method: none``)."""
+    if metadata_method(model_cfg) == "none":
+        return None
+    train = frame[frame["split"] == "train"]
+    encoder = MetadataEncoder.fit(train, model_cfg.metadata.columns)
+    log.info(
+        "patient metadata: %d features from %s, fitted on the %d training images",
+        encoder.dim,
+        ", ".join(encoder.columns),
+        len(train),
+    )
+    return encoder
+
+
 def data_fingerprint(frame: pd.DataFrame) -> str:
     """A short hash of the split assignment (image id, label, split): same data, same hash."""
     rows = frame.sort_values("image_id")[["image_id", "dx", "split"]].astype(str)
@@ -47,14 +65,19 @@ def data_fingerprint(frame: pd.DataFrame) -> str:
 
 
 def make_dataset(
-    part: pd.DataFrame, transform: Any, data_cfg: DictConfig, cache: bool | None = None
+    part: pd.DataFrame,
+    transform: Any,
+    data_cfg: DictConfig,
+    cache: bool | None = None,
+    encoder: MetadataEncoder | None = None,
 ) -> tuple[LesionDataset, BatchTransform | None]:
     """Dataset over ``part`` and the batch transform that finishes its batches.
 
     The transform is split before its float conversion: the dataset (in the workers) yields
     uint8 images and the float/normalise part runs once per batch (see :class:`DeviceBatches`).
     With ``data.cache`` (or ``cache=True``) images are read from the decoded-image cache (built
-    on first use, see :mod:`derm_exp.data.cache`).
+    on first use, see :mod:`derm_exp.data.cache`). With ``encoder`` the dataset also yields
+    each image's encoded patient metadata.
     """
     per_image, batch_tf = split_batch_transform(transform)
     use_cache = bool(data_cfg.get("cache", True)) if cache is None else cache
@@ -76,7 +99,11 @@ def make_dataset(
                 "data.cache=false",
                 e,
             )
-    return LesionDataset(part, per_image, data_cfg.on_bad_image, images=images), batch_tf
+    metadata = None if encoder is None else encoder.encode_frame(part)
+    dataset = LesionDataset(
+        part, per_image, data_cfg.on_bad_image, images=images, metadata=metadata
+    )
+    return dataset, batch_tf
 
 
 class DeviceBatches:
@@ -101,11 +128,12 @@ class DeviceBatches:
             raise AttributeError(name)
         return getattr(self.loader, name)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self.loader:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for images, labels, *metadata in self.loader:
             if self.finish is not None:
                 images = self.finish.apply(images.to(self.device, non_blocking=True))
-            yield images, torch.as_tensor(labels)
+            # Batches of a metadata model carry a third element: the (B, M) encoded metadata.
+            yield images, torch.as_tensor(labels), *(torch.as_tensor(m) for m in metadata)
 
 
 def make_loader(
@@ -137,6 +165,7 @@ def build_loaders(
     device: torch.device,
     rank: int = 0,
     world_size: int = 1,
+    encoder: MetadataEncoder | None = None,
 ) -> Loaders:
     """Training loader (shuffled or class-balanced) and ordered val/test loaders.
 
@@ -145,6 +174,7 @@ def build_loaders(
     training batch is dropped: BatchNorm heads need >= 2 images and mixup an even batch.
     With ``world_size > 1`` (DDP) each rank trains on its slice of the same global draw
     (:class:`RankSliceSampler`; ``data.batch_size`` is per rank) and validates its shard.
+    With a metadata ``encoder`` (fitted on the training split) batches carry encoded metadata.
     """
     pin = device.type == "cuda" if data_cfg.pin_memory == "auto" else bool(data_cfg.pin_memory)
     workers = int(data_cfg.num_workers)
@@ -157,7 +187,7 @@ def build_loaders(
     train_labels = parts["train"]["label"].to_numpy()
     generator = torch.Generator()
     train_set, train_finish = make_dataset(
-        parts["train"], build_train_transform(augment_cfg, data_config), data_cfg
+        parts["train"], build_train_transform(augment_cfg, data_config), data_cfg, encoder=encoder
     )
     sampler = None
     if data_cfg.sampler == "weighted":
@@ -190,7 +220,7 @@ def build_loaders(
     eval_batch = int(data_cfg.eval_batch_size)
 
     def ordered(split: str) -> DeviceBatches:
-        ds, finish = make_dataset(parts[split], eval_tf, data_cfg)
+        ds, finish = make_dataset(parts[split], eval_tf, data_cfg, encoder=encoder)
         return make_loader(ds, finish, device, batch_size=eval_batch, shuffle=False, **common)
 
     val = ordered("val")

@@ -132,8 +132,11 @@ def train_one_epoch(
     k, batches = ctx.accumulate_grad_batches, len(loader)
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
-    for step, (images, targets) in enumerate(bar):
+    for step, (images, targets, *meta) in enumerate(bar):
         images, targets = _to_device(images, ctx), targets.to(ctx.device, non_blocking=True)
+        # A metadata model's batches carry the encoded metadata third (mixup keeps each
+        # image's own: metadata is an input, not a target).
+        extra = [m.to(ctx.device, non_blocking=True) for m in meta]
         hard = targets
         if mixup is not None and images.shape[0] % 2 == 0:
             images, targets = mixup(images, targets)
@@ -143,7 +146,7 @@ def train_one_epoch(
             scheduler.step(update)
         with _no_sync(model, not last):  # the forward too, as DDP's no_sync() asks
             with ctx.precision.autocast(ctx.device):
-                logits = model(images)
+                logits = model(images, *extra)
                 loss = criterion(logits.float(), targets)
             scaled = loss / group if group > 1 else loss
             (scaler.scale(scaled) if scaler is not None else scaled).backward()
@@ -181,7 +184,8 @@ def predict_logits(
     views: list[str] | None = None,
     desc: str = "predict",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits (N, C) and labels (N,) for ``loader``.
+    """Logits (N, C) and labels (N,) for ``loader`` (whose batches may carry a metadata model's
+    encoded metadata third).
 
     With TTA ``views``, every view of a batch goes through the network as one batch and the
     returned array is (V, N, C) of per-view logits.
@@ -190,12 +194,16 @@ def predict_logits(
 
     model.eval()
     outs, labels = [], []
-    for images, targets in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None):
+    for images, targets, *meta in tqdm(
+        loader, desc=desc, leave=False, dynamic_ncols=True, disable=None
+    ):
         images = _to_device(images, ctx)
+        extra = [torch.as_tensor(m).to(ctx.device) for m in meta]  # a metadata model's input
         if views and views != ["identity"]:
             images = expand_views(images, views)
+            extra = [m.repeat(len(views), 1) for m in extra]  # view-major, like the images
         with ctx.precision.autocast(ctx.device):
-            logits = model(images).float()
+            logits = model(images, *extra).float()
         if views and views != ["identity"]:
             logits = logits.reshape(len(views), -1, logits.shape[-1])
         outs.append(logits.cpu())

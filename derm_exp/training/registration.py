@@ -61,6 +61,7 @@ RUN_TAG_KEYS = (
     "model",
     "head",
     "head_class",
+    "metadata",
     "loss",
     "loss_class",
     "class_weights",

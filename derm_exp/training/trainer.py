@@ -35,6 +35,7 @@ from derm_exp.training import resume as resume_mod
 from derm_exp.training.data_setup import (
     build_loaders,
     data_fingerprint,
+    fit_metadata_encoder,
     split_frame,
 )
 from derm_exp.training.epoch_validation import validate_epoch
@@ -169,7 +170,13 @@ def set_up_run(
     if resumed is not None:
         resume_mod.check_same_data(resumed, fingerprint)
     split_paths = save_splits(frame, output_dir / "splits") if main else []
-    model = build_model(cfg.model, num_classes=len(CLASSES), image_size=cfg.data.image_size)
+    encoder = fit_metadata_encoder(frame, cfg.model)
+    model = build_model(
+        cfg.model,
+        num_classes=len(CLASSES),
+        image_size=cfg.data.image_size,
+        metadata_encoder=encoder,
+    )
     validate_model(cfg, model)
     with distributed.main_first():
         loaders = build_loaders(
@@ -180,6 +187,7 @@ def set_up_run(
             device,
             distributed.rank(),
             distributed.world_size(),
+            encoder,
         )
     parts = build_parts(cfg, model, loaders.train_labels, device, precision)
     paths = CheckpointPaths.in_folder(output_dir)
@@ -196,6 +204,7 @@ def set_up_run(
         classes=list(CLASSES),
         data_config=model.data_config,
         data_fingerprint=fingerprint,
+        metadata_encoding=encoder.to_dict() if encoder is not None else None,
     )
     return Run(cfg, output_dir, loaders, parts, meta, paths, split_paths, resumed)
 

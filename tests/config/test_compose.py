@@ -11,6 +11,7 @@ from tests.conftest import compose_train
 GROUPS = [
     "model",
     "model/head",
+    "model/metadata",
     "loss",
     "augment",
     "optimizer",

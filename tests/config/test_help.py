@@ -18,6 +18,7 @@ TRAINING = {
     "loss",
     "model",
     "model/head",
+    "model/metadata",
     "optimizer",
     "scheduler",
     "trainer",
