@@ -1,4 +1,5 @@
-"""Shared fixtures: composed tiny configs and a generated dataset, all under tmp dirs."""
+"""Shared fixtures: composed tiny configs, a generated dataset and the README's demo training
+runs (plain, and with options typed), all under tmp dirs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["DERM_EXP_CACHE_DIR"] = tempfile.mkdtemp(prefix="derm_exp_test_cache_")
 
 from derm_exp.config import CONF_DIR, normalize_overrides  # noqa: E402
+from tests.demo_run import DemoRun, train_demo_run  # noqa: E402
+from tests.options_run import OptionsRun, train_options_run  # noqa: E402
 from tests.tiny import tiny  # noqa: E402
 
 
@@ -33,6 +36,19 @@ def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo_data")
     generate_demo_dataset(root, n_images=240, seed=3, size=(64, 48))
     return root
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
+    """The README's demo training run through the CLI, once per session (tests/demo_run.py)."""
+    return train_demo_run(tmp_path_factory.mktemp("demo_run"))
+
+
+@pytest.fixture(scope="session")
+def options_run(tmp_path_factory: pytest.TempPathFactory) -> OptionsRun:
+    """The README's training command with options typed, and its resumption, once per session
+    (tests/options_run.py)."""
+    return train_options_run(tmp_path_factory.mktemp("options_run"))
 
 
 @pytest.fixture

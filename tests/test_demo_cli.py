@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -13,18 +11,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from derm_exp.config import PROJECT_ROOT
+from tests.cli import run_module
+from tests.demo_run import DemoRun
 
 
 def _train(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "derm_exp.train", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_module("derm_exp.train", *args, cwd=cwd)
 
 
 def test_makefile_demo_runs_the_demo_experiment() -> None:
@@ -33,32 +25,16 @@ def test_makefile_demo_runs_the_demo_experiment() -> None:
 
 
 @pytest.mark.slow
-def test_demo_job_generates_data_and_logs_a_run(tmp_path: Path) -> None:
-    db = tmp_path / "mlflow.db"
-    proc = _train(
-        [
-            "experiment=demo",
-            "trainer.max_epochs=1",
-            "evaluation.n_boot=0",
-            "data.num_workers=0",
-            f"data.demo.dir={tmp_path / 'demo'}",
-            "data.demo.n_images=120",
-            f"tracking.uri=sqlite:///{db}",
-            f"tracking.artifact_root={tmp_path / 'mlruns'}",
-            f"hydra.run.dir={tmp_path / 'out'}",
-        ],
-        cwd=tmp_path,  # the store is anchored by config, not by the working directory
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "demo" / "HAM10000_metadata.csv").is_file()
-    run_id = re.search(r"MLflow run id: ([0-9a-f]{32})", proc.stdout).group(1)
-    assert "make ui" in proc.stdout
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
-    run = MlflowClient().get_run(run_id)
+def test_demo_job_generates_data_and_logs_a_run(demo_run: DemoRun) -> None:
+    root = demo_run.root  # the session's demo run, started from root (tests/demo_run.py)
+    assert (root / "demo" / "HAM10000_metadata.csv").is_file()
+    assert "make ui" in demo_run.proc.stdout
+    mlflow.set_tracking_uri(demo_run.uri)
+    run = MlflowClient().get_run(demo_run.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.name"] == "test_efficientnet"
-    assert run.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())
-    assert (tmp_path / "out" / "checkpoint_best.pt").is_file()
+    assert run.info.artifact_uri.startswith((root / "mlruns").as_uri())
+    assert (root / "run" / "checkpoint_best.pt").is_file()
 
 
 def test_help_explains_usage_and_disclaimer(tmp_path: Path) -> None:

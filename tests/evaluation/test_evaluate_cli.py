@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from derm_exp.config import PROJECT_ROOT
 from derm_exp.data.errors import DataValidationError
 from derm_exp.models.checkpoint import load_checkpoint
 from tests.cli import run_module
 from tests.conftest import compose_train
+from tests.demo_run import DemoRun
 from tests.evaluation.subgroup_checks import check_subgroup_outputs
 from tests.inference.conftest import TrainedModel, session_model
 
@@ -45,32 +43,27 @@ def _evaluate(model: TrainedModel, out: Path, *overrides: str) -> dict:
     return evaluate(cfg, out)
 
 
-def test_cli_on_a_run_id_writes_report_and_logs_an_evaluation_run(
+def test_a_run_id_writes_report_and_logs_an_evaluation_run(
     trained_model: TrainedModel,
     tmp_path: Path,
 ) -> None:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
+    """In-process (the CLI runs the same function in the README commands' test below)."""
+    from derm_exp.evaluate import evaluate
+
     out = tmp_path / "eval"
-    proc = subprocess.run(
+    cfg = compose_train(
         [
-            sys.executable,
-            "-m",
-            "derm_exp.evaluate",
-            f"model={trained_model.run_id}",
+            f"model_ref={trained_model.run_id}",
             f"tracking.uri={trained_model.tracking_uri}",
             "tta=light",
             "bootstrap.n_boot=200",
             "subgroups.min_lesions=3",
             "data.num_workers=0",
-            f"hydra.run.dir={out}",
+            "device=cpu",
         ],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        config_name="evaluate",
     )
-    assert proc.returncode == 0, proc.stderr
+    evaluate(cfg, out)
     report = json.loads((out / "evaluation_metrics.json").read_text())
     assert {p.name for p in (out / "plots").glob("*.png")} >= PLOTS
     test_split = pd.read_csv(trained_model.output_dir / "splits" / "test.csv")
@@ -101,7 +94,11 @@ def test_cli_on_a_run_id_writes_report_and_logs_an_evaluation_run(
     assert logged >= PLOTS
     assert "evaluation_metrics.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert not any(k.startswith("eval") for k in train_run.data.metrics)
-    check_subgroup_outputs(out, trained_model.data_root, client, run.info.run_id, proc.stdout)
+    # In-process: the console line the CLI prints is gaps_line of the report's section.
+    from derm_exp.evaluation.subgroup_report import gaps_line
+
+    console = gaps_line(report["subgroups"]) or ""
+    check_subgroup_outputs(out, trained_model.data_root, client, run.info.run_id, console)
 
 
 def test_calibration_is_reported_before_and_after_and_fitted_on_validation(
@@ -155,36 +152,23 @@ def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]
 
 
 @pytest.mark.slow
-def test_readme_evaluate_commands_on_a_demo_model(tmp_path: Path) -> None:
-    """The README's Evaluation commands as written, on a model trained with experiment=demo."""
-    import re
-
+def test_readme_evaluate_commands_on_a_demo_model(demo_run: DemoRun, tmp_path: Path) -> None:
+    """The README's Evaluation commands as written, on the session's model trained with
+    experiment=demo (tests/demo_run.py), evaluated into a copy of its store."""
     from mlflow.tracking import MlflowClient
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = demo_run.store_copy(tmp_path / "store")
     store = [f"tracking.uri={uri}"]
-    trained = _cli(
-        "derm_exp.train",
-        "experiment=demo",
-        "trainer.max_epochs=3",
-        "evaluation.n_boot=0",
-        f"data.demo.dir={tmp_path / 'demo'}",
-        f"tracking.artifact_root={tmp_path / 'mlruns'}",
-        f"hydra.run.dir={tmp_path / 'train'}",
-        *store,
-        cwd=tmp_path,
-    )
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    run_id = re.search(r"MLflow run id: ([0-9a-f]{32})", trained.stdout).group(1)
+    run_id = demo_run.run_id
     client = MlflowClient(uri)
     assert client.get_model_version_by_alias("derm-classifier", "seed-42").run_id == run_id
-    splits = {s: pd.read_csv(tmp_path / "train" / "splits" / f"{s}.csv") for s in ("test", "val")}
+    splits = {s: pd.read_csv(demo_run.output_dir / "splits" / f"{s}.csv") for s in ("test", "val")}
 
     commands = {  # README "Evaluation", in order; the data.root one needs a HAM10000 folder
         "run": [f"model={run_id}"],
         "alias": ["model=models:/derm-classifier@seed-42", "tta=medium"],
         "latest": ["model=models:/derm-classifier/latest", "split=val"],
-        "folder": [f"model={tmp_path / 'train'}", "lesion_level=true"],
+        "folder": [f"model={demo_run.output_dir}", "lesion_level=true"],
     }
     reports = {}
     for name, args in commands.items():

@@ -1,56 +1,23 @@
-"""The README's commands end to end: the demo training run logs the explanation gallery, and
-``python -m derm_exp.explain`` explains its checkpoint for a file and a folder."""
+"""The README's commands end to end: the demo training run (the session's ``demo_run``, see
+tests/demo_run.py) logs the explanation gallery, and ``python -m derm_exp.explain`` explains its
+checkpoint for a file and a folder."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from tests.conftest import compose_train
+from tests.demo_run import DemoRun
 from tests.inference.conftest import run_cli
 
 
-@dataclass(frozen=True)
-class DemoRun:
-    root: Path
-    uri: str
-    run_id: str
-    checkpoint: Path
-    images: list[Path]
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
-    """``python -m derm_exp.train experiment=demo trainer.max_epochs=1`` in a tmp store."""
-    root = tmp_path_factory.mktemp("explain_demo")
-    uri = f"sqlite:///{root}/mlflow.db"
-    proc = run_cli(
-        "derm_exp.train",
-        "experiment=demo",
-        "trainer.max_epochs=1",
-        "evaluation.n_boot=0",
-        "registry.enabled=false",
-        f"data.demo.dir={root / 'demo'}",
-        f"tracking.uri={uri}",
-        f"tracking.artifact_root={root / 'mlruns'}",
-        f"hydra.run.dir={root / 'run'}",
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("derm_exp").experiment_id])
-    images = sorted((root / "demo" / "images").glob("*.jpg"))
-    return DemoRun(root, uri, run.info.run_id, root / "run" / "checkpoint_best.pt", images)
-
-
 @pytest.mark.slow
-def test_training_logs_the_gallery_and_sanity_metrics(demo_run: DemoRun) -> None:
+def test_training_logs_the_gallery_and_sanity_metrics(demo_run: DemoRun, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=demo_run.uri)
@@ -63,7 +30,7 @@ def test_training_logs_the_gallery_and_sanity_metrics(demo_run: DemoRun) -> None
     metrics = run.data.metrics
     for key in ("explain/randomisation_spearman", "explain/class_sensitivity_spearman"):
         assert key in metrics and -1.0 <= metrics[key] <= 1.0, (key, metrics)
-    local = client.download_artifacts(demo_run.run_id, sorted(galleries)[0], str(demo_run.root))
+    local = client.download_artifacts(demo_run.run_id, sorted(galleries)[0], str(tmp_path))
     assert Image.open(local).size[0] > 100
 
 

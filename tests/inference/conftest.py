@@ -111,6 +111,7 @@ def demo_sweep(tmp_path_factory: pytest.TempPathFactory) -> DemoSweep:
         "seed=1,2",
         "trainer.max_epochs=2",
         "evaluation.n_boot=0",
+        "explain.gallery=false",  # checked on the session's demo run (tests/demo_run.py)
         f"data.demo.dir={root / 'demo'}",
         f"tracking.uri={uri}",
         f"tracking.artifact_root={root / 'mlruns'}",

@@ -1,10 +1,10 @@
-"""The checkpoint format on the command line: ``python -m derm_exp.train experiment=demo`` records
-the selected options in both checkpoints (and a history with one value per epoch in every list);
-an older file still predicts and resumes, a newer one is one ``error:`` line."""
+"""The checkpoint format on the command line: ``python -m derm_exp.train experiment=demo`` with
+options typed (the session's ``options_run``) records the selected options in both checkpoints
+(and a history with one value per epoch in every list); an older file still predicts and
+resumes, a newer one is one ``error:`` line."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
@@ -14,6 +14,7 @@ from PIL import Image
 
 from derm_exp.models.checkpoint import FORMAT, FORMAT_VERSION, load_checkpoint, save_checkpoint
 from tests.cli import run_module
+from tests.options_run import OptionsRun
 
 
 def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -26,26 +27,13 @@ def _as_version_1(ck: dict) -> dict:
 
 
 @pytest.mark.slow
-def test_demo_checkpoints_record_options_and_old_files_still_load(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    store = [f"tracking.uri={uri}", f"tracking.artifact_root={tmp_path / 'mlruns'}"]
-    out = tmp_path / "train"
-    trained = _cli(
-        "derm_exp.train",
-        "experiment=demo",
-        "model.head=acrnn",
-        "loss=focal",
-        "trainer.max_epochs=2",
-        "evaluation.n_boot=0",
-        "data.num_workers=0",
-        f"data.demo.dir={tmp_path / 'demo'}",
-        "data.demo.n_images=120",
-        *store,
-        f"hydra.run.dir={out}",
-        cwd=tmp_path,
-    )
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    run_id = re.search(r"MLflow run id: ([0-9a-f]{32})", trained.stdout).group(1)
+def test_demo_checkpoints_record_options_and_old_files_still_load(
+    options_run: OptionsRun, tmp_path: Path
+) -> None:
+    """The checkpoints of the session's ``experiment=demo model.head=acrnn loss=label_smoothing``
+    run (2 epochs, tests/options_run.py) in its first output folder, not the resumed one's."""
+    store, run_id = options_run.store, options_run.run_id
+    out = options_run.root / "first"
     for kind in ("best", "latest"):
         ck = load_checkpoint(out / f"checkpoint_{kind}.pt")
         assert ck["format"] == FORMAT and ck["kind"] == kind and ck["run_id"] == run_id
@@ -54,7 +42,7 @@ def test_demo_checkpoints_record_options_and_old_files_still_load(tmp_path: Path
             "experiment": "demo",
             "model": "tiny",
             "model/head": "acrnn",
-            "loss": "focal",
+            "loss": "label_smoothing",
         }
 
     # Both weights' validation figures every epoch: one value per epoch in every history list.

@@ -157,7 +157,8 @@ def damaged_run(
     base = tmp_path_factory.mktemp("damaged")
     root = Path(shutil.copytree(rel_data, base / "data"))
     bad, odd = damage_dataset(root)
-    cfg = compose_train([*TINY, "trainer.max_epochs=2"])
+    # with the end-of-run gallery (off in TINY): it also reads the damaged test images
+    cfg = compose_train([*TINY, "trainer.max_epochs=2", "explain.gallery=true"])
     with open_dict(cfg):
         cfg.data.root = str(root)
         cfg.data.mirror = f"https://alice:{SECRET}@example.org/ham10000.zip"

@@ -95,12 +95,13 @@ def processes_under(base: Path) -> list[str]:
 
 def demo_args(demo_dir: Path, tracking_uri: str) -> list[str]:
     """What every training run here adds to the README's command: the shared demo data, no
-    test bootstrap, no loader workers (2 cores), the tracking server."""
+    test bootstrap, no explanation gallery, no loader workers (2 cores), the tracking server."""
     return [
         f"data.demo.dir={demo_dir}",
         f"data.demo.n_images={N_DEMO_IMAGES}",
         "evaluation.n_boot=0",
         "data.num_workers=0",
+        "explain.gallery=false",  # the end-of-run gallery: not what these tests are about
         # a 2-epoch demo model may be degenerate; these tests are about the server, not the policy
         "registry.allow_degenerate=true",
         f"tracking.uri={tracking_uri}",

@@ -61,6 +61,7 @@ def _demo_cfg(tmp_path: Path, *overrides: str):
             "evaluation.n_boot=0",
             "data.num_workers=0",
             "device=cpu",
+            "explain.gallery=false",  # not what these tests are about
             *overrides,
         ]
     )

@@ -43,6 +43,7 @@ def test_degenerate_run_is_not_registered_and_finished_runs_are_not_rerun(tmp_pa
         "data.num_workers=0",
         f"data.demo.dir={tmp_path / 'demo'}",
         "data.demo.n_images=120",
+        "explain.gallery=false",  # not what this test is about
         f"hydra.run.dir={tmp_path / 'out'}",
     )
     assert first.returncode == 0, first.stderr[-3000:]

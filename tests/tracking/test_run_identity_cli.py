@@ -1,77 +1,25 @@
 """The README's training command on the demo experiment: runs are named and tagged by the options
 the user typed (``model.head=acrnn loss=label_smoothing``), a resumed run keeps them, and the
 ensemble query ``tags.loss=label_smoothing`` finds new and old versions. The same two runs show
-the training log: freezing, unfreezing and resuming are logged, MLflow's notices are not."""
+the training log: freezing, unfreezing and resuming are logged, MLflow's notices are not. The two
+runs are the session's ``options_run`` (tests/options_run.py), shared with the checkpoint tests."""
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-
-import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 
-from derm_exp.config import PROJECT_ROOT
+from tests.options_run import OptionsRun
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass(frozen=True)
-class Runs:
-    root: Path
-    run_id: str
-    first: subprocess.CompletedProcess
-    resumed: subprocess.CompletedProcess
-
-    @property
-    def client(self) -> MlflowClient:
-        mlflow.set_tracking_uri(f"sqlite:///{self.root}/mlflow.db")
-        return MlflowClient()
+@pytest.fixture
+def runs(options_run: OptionsRun) -> OptionsRun:
+    """The session's acrnn + label-smoothing demo run and its resumption (tests/options_run.py)."""
+    return options_run
 
 
-def _train(root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
-    store = [f"tracking.uri=sqlite:///{root}/mlflow.db", f"tracking.artifact_root={root}/mlruns"]
-    return subprocess.run(
-        [sys.executable, "-m", "derm_exp.train", *args, "data.num_workers=0", *store],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
-    root = tmp_path_factory.mktemp("identity")
-    first = _train(
-        root,
-        "experiment=demo",
-        "model.head=acrnn",
-        "loss=label_smoothing",
-        "trainer.max_epochs=2",
-        "evaluation.n_boot=0",
-        f"data.demo.dir={root / 'demo'}",
-        "data.demo.n_images=120",
-        "registry.allow_degenerate=true",  # so few epochs may predict one class: register anyway
-        "trainer.freeze_backbone_epochs=1",
-        f"hydra.run.dir={root / 'first'}",
-    )
-    assert first.returncode == 0, first.stderr[-3000:]
-    run_id = re.search(r"MLflow run id: ([0-9a-f]{32})", first.stdout).group(1)
-    # The resuming command selects no options (Hydra's choices are the defaults there).
-    resumed = _train(root, f"resume={run_id}", "trainer.max_epochs=3", f"hydra.run.dir={root}/2")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    return Runs(root, run_id, first, resumed)
-
-
-def test_run_is_named_and_tagged_by_the_selected_options(runs: Runs) -> None:
+def test_run_is_named_and_tagged_by_the_selected_options(runs: OptionsRun) -> None:
     client = runs.client
     run = client.get_run(runs.run_id)
     assert run.info.run_name == "test_efficientnet-acrnn-label_smoothing-s42"
@@ -88,7 +36,7 @@ def test_run_is_named_and_tagged_by_the_selected_options(runs: Runs) -> None:
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
-def test_resumed_run_keeps_its_options(runs: Runs) -> None:
+def test_resumed_run_keeps_its_options(runs: OptionsRun) -> None:
     run = runs.client.get_run(runs.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["derm_exp.resumed_at_epoch"] == "2"
@@ -96,7 +44,7 @@ def test_resumed_run_keeps_its_options(runs: Runs) -> None:
     assert run.data.tags["experiment"] == "demo" and run.data.tags["model"] == "tiny"
 
 
-def test_log_names_freezing_and_resuming_without_mlflow_notices(runs: Runs) -> None:
+def test_log_names_freezing_and_resuming_without_mlflow_notices(runs: OptionsRun) -> None:
     first = runs.first.stdout + runs.first.stderr
     resumed = runs.resumed.stdout + runs.resumed.stderr
     assert "epoch 1: backbone frozen through epoch 1, training the head only (lr 0.003)" in first
@@ -114,7 +62,7 @@ def test_log_names_freezing_and_resuming_without_mlflow_notices(runs: Runs) -> N
         assert "Created version" not in out
 
 
-def test_ensemble_query_by_option_name_finds_new_and_old_versions(runs: Runs) -> None:
+def test_ensemble_query_by_option_name_finds_new_and_old_versions(runs: OptionsRun) -> None:
     from derm_exp.tracking.registry_search import search_versions
 
     client = runs.client

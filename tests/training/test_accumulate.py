@@ -110,6 +110,7 @@ def test_two_processes_with_accumulation_finish(tmp_path: Path) -> None:
         "evaluation.n_boot=0",
         "data.num_workers=0",
         "registry.enabled=false",
+        "explain.gallery=false",  # not what this test is about
         f"data.demo.dir={tmp_path / 'demo'}",
         "data.demo.n_images=120",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",

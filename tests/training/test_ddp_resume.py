@@ -33,6 +33,7 @@ def _torchrun(tmp_path: Path, store: str, out: str, *args: str) -> None:
         "data.num_workers=0",
         "registry.enabled=false",
         "tta=none",
+        "explain.gallery=false",  # not what this test is about
         f"data.demo.dir={tmp_path / 'demo'}",
         "data.demo.n_images=120",
         f"tracking.uri=sqlite:///{tmp_path / store}",

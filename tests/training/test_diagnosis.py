@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -16,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from derm_exp.training import diagnosis
 from derm_exp.training.diagnosis import VERDICTS, diagnose
+from tests.demo_run import DemoRun
 
 
 def _history(bal_acc: list[float], val_loss: list[float], train_loss: list[float]) -> dict:
@@ -186,37 +183,14 @@ def test_summary_and_json_carry_the_numbers() -> None:
 
 
 @pytest.mark.slow
-def test_demo_training_run_carries_the_verdict(tmp_path: Path) -> None:
-    """The README's demo command, 2 epochs: too few to judge, said as a tag, a log line, metrics
-    and a JSON artifact, and the run still finishes."""
-    db = tmp_path / "mlflow.db"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "derm_exp.train",
-            "experiment=demo",
-            "trainer.max_epochs=2",
-            "evaluation.n_boot=0",
-            "data.num_workers=0",
-            f"data.demo.dir={tmp_path / 'demo'}",
-            "data.demo.n_images=120",
-            f"tracking.uri=sqlite:///{db}",
-            f"tracking.artifact_root={tmp_path / 'mlruns'}",
-            f"hydra.run.dir={tmp_path / 'out'}",
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_demo_training_run_carries_the_verdict(demo_run: DemoRun, tmp_path: Path) -> None:
+    """The README's demo command, 2 epochs (the session's demo run, tests/demo_run.py): too few
+    to judge, said as a tag, a log line, metrics and a JSON artifact, and the run still
+    finishes."""
+    proc, run_id = demo_run.proc, demo_run.run_id
     output = proc.stdout + proc.stderr
     assert "fit diagnosis: too few epochs: 2 epoch(s) of val/balanced_accuracy" in output
-    run_id = re.search(r"MLflow run id: ([0-9a-f]{32})", proc.stdout).group(1)
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    mlflow.set_tracking_uri(demo_run.uri)
     client = MlflowClient()
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"

@@ -7,7 +7,8 @@ Only where things are stored is redirected into tmp folders: the demo dataset (g
 first run, as `make demo` does in data/demo), the MLflow store, the Optuna storage, the multirun
 folders (timestamped as by default) and the folder of best_optuna_smoke.yaml, which the retrain
 selects through the hydra.searchpath the sweep prints. ``evaluation.n_boot=0`` skips the test
-bootstrap, which no assertion here reads.
+bootstrap and ``explain.gallery=false`` the end-of-run explanation gallery, which no assertion
+here reads.
 
 The smoke search space has a learning rate that learns (0.01) and one that cannot (1e-12); with
 MedianPruner(n_startup_trials=1, n_warmup_steps=0) on val/balanced_accuracy the latter is pruned
@@ -51,6 +52,7 @@ def _stores(tmp: Path, demo_dir: Path) -> list[str]:
     return [
         f"data.demo.dir={demo_dir}",
         "evaluation.n_boot=0",
+        "explain.gallery=false",
         f"tracking.uri=sqlite:///{tmp}/mlflow.db",
         f"tracking.artifact_root={tmp}/mlruns",
         f"hydra.sweeper.storage=sqlite:///{tmp}/optuna.db",
