@@ -146,7 +146,9 @@ def class_indices(frame: Any, classes: list[str]) -> Any:
     return frame["dx"].map(index).to_numpy(dtype="int64")
 
 
-def _loader(frame: Any, labels: Any, loaded: Any, cfg: DictConfig) -> Any:
+def evaluation_loader(frame: Any, labels: Any, loaded: Any, cfg: DictConfig) -> Any:
+    """The DataLoader of the evaluated images: ``cfg.data.batch_size`` images a batch, decoded
+    and transformed by ``cfg.data.num_workers`` workers while the network runs."""
     from torch.utils.data import DataLoader
 
     from derm_exp.data.dataset import LesionDataset
@@ -194,7 +196,7 @@ def resolve_temperature(cfg: DictConfig, source: Any, loaded: Any, ctx: Any) -> 
         return 1.0, "none (T=1: no stored temperature, no validation split)"
     labels = class_indices(val, loaded.classes)
     logits, y = predict_logits(
-        loaded.model, _loader(val, labels, loaded, cfg), ctx, desc="val (temperature)"
+        loaded.model, evaluation_loader(val, labels, loaded, cfg), ctx, desc="val (temperature)"
     )
     return fit_temperature(logits, y), "fitted now on the training run's validation split"
 
@@ -275,7 +277,8 @@ def load_model(cfg: DictConfig, source: Any) -> tuple[Any, Any]:
             threads=None if threads is None else int(threads),
             quantize=None if cfg.get("quantize") is None else str(cfg.quantize),
         )
-    ctx = StepContext(device=device, precision=precision, channels_last=True)
+    # ONNX Runtime takes NCHW: a channels-last batch would be copied back before every call.
+    ctx = StepContext(device=device, precision=precision, channels_last=backend == "torch")
     return loaded, ctx
 
 
@@ -306,7 +309,7 @@ def predict(
     from derm_exp.training.loop import predict_logits
     from derm_exp.training.validate import ConfigError
 
-    loader = _loader(frame, labels, loaded, cfg)
+    loader = evaluation_loader(frame, labels, loaded, cfg)
     logits, y = predict_logits(loaded.model, loader, ctx, views=list(preset.views), desc="evaluate")
     probs = views_to_probabilities(logits, 1.0, preset.aggregation)
     calibrated = views_to_probabilities(logits, temperature, preset.aggregation)

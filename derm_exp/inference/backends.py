@@ -30,7 +30,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from derm_exp.errors import PredictionInputError
@@ -122,7 +121,9 @@ class OnnxRuntimeBackend:
         return self
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        batch = np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
+        # NCHW, as exported: already so from the evaluation loader and the predictor (a
+        # channels-last tensor is copied here, by torch's multi-threaded copy)
+        batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
         return torch.from_numpy(self.session.run(None, {self._input: batch})[0])
 
     def check_matches(self, classes: list[str], data_config: dict, where: str) -> None:

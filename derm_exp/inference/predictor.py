@@ -292,7 +292,9 @@ class SkinLesionPredictor:
     ) -> torch.Tensor:
         """(V, B, C) logits of every view of a preprocessed batch (B, 3, H, W): one forward.
         ``metadata``: a metadata model's (B, M) encoded metadata (:meth:`encode_metadata`)."""
-        x = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        # torch runs channels-last; ONNX Runtime takes NCHW (a channels-last batch is copied back)
+        fmt = torch.channels_last if self.backend_name == "torch" else torch.contiguous_format
+        x = batch.to(self.device).contiguous(memory_format=fmt)
         views = list(views)
         if views != ["identity"]:
             x = expand_views(x, views)

@@ -117,9 +117,9 @@ def table(result: dict[str, Any]) -> str:
         rows += [
             (f"inference_variants.{name}.{k}", f"[{name}] {lb}", u) for k, lb, u in VARIANT_ROWS
         ]
-    from derm_exp.perf.backends import table_rows
+    from derm_exp.perf import backends, exports
 
-    rows += table_rows(result)
+    rows += backends.table_rows(result) + exports.table_rows(result)
     lines = []
     for key, label, unit in rows:
         value = flat.get(key)

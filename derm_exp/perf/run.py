@@ -242,6 +242,11 @@ def _run_sections(
 
         log.info("benchmark: inference backends (torch fp32/bf16/compiled, ONNX Runtime fp32/int8)")
         out["backend"] = backend_section(cfg, model, size)
+    if "exports" in sections:
+        from derm_exp.perf.exports import exports_section
+
+        log.info("benchmark: ONNX export of each backbone")
+        out["exports"] = exports_section(cfg)
     return out
 
 

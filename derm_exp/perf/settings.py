@@ -8,7 +8,7 @@ from derm_exp.config import as_list
 from derm_exp.data.metadata import check_data_root
 from derm_exp.training.validate import AMP_MODES, ConfigError
 
-SECTIONS = ("loader", "train", "inference", "compare", "ddp", "backend")
+SECTIONS = ("loader", "train", "inference", "compare", "ddp", "backend", "exports")
 
 
 def check_benchmark_config(cfg: DictConfig) -> list[str]:
@@ -17,7 +17,13 @@ def check_benchmark_config(cfg: DictConfig) -> list[str]:
     b = cfg.benchmark
     # One value where a list is expected (sections: loader in a config file) is a one-item list;
     # the command line is rewritten the same way by config.run_hydra_main.
-    for key in ("sections", "inference_amp", "real_loader_workers"):
+    for key in (
+        "sections",
+        "inference_amp",
+        "real_loader_workers",
+        "export_models",
+        "export_heads",
+    ):
         b[key] = as_list(b.get(key))
     sections = [str(s) for s in b.sections]
     problems = [f"unknown section {s!r}" for s in sections if s not in SECTIONS]

@@ -26,6 +26,8 @@ def test_backend_section_measures_every_variant(demo_data: Path, tmp_path: Path)
         "benchmark.backend_images=4",
         "benchmark.warmup=1",
         "benchmark.repeats=2",
+        "benchmark.eval_passes=1",
+        "data.num_workers=0",
         "benchmark.threads=1",
         "tta=medium",
         "device=cpu",
@@ -36,11 +38,13 @@ def test_backend_section_measures_every_variant(demo_data: Path, tmp_path: Path)
     assert set(section["variants"]) == set(VARIANTS)  # no compiled variant when skipped
     for name in VARIANTS:
         figures = section["variants"][name]
-        assert figures["single_ms"] > 0 and figures["tta_ms"] > 0 and figures["batch_img_s"] > 0
+        assert figures["single_ms"] > 0 and figures["tta_ms"] > 0 and figures["eval_tta_img_s"] > 0
+        assert 0 < figures["eval_forward_share"] <= 1
     assert section["variants"]["ort_fp32"]["max_abs_prob_diff"] < 1e-4
     assert section["variants"]["ort_int8"]["approximate"] is True
     assert section["tta_views"] == 8 and section["threads"] == 1
     assert section["export_fp32_s"] > 0 and section["export_int8_s"] > 0
     ratios = section["ratios"]
     assert ratios["ort_fp32_single"] > 0 and isinstance(ratios["goal_met"], bool)
+    assert ratios["ort_fp32_eval_speedup"] > 0 and isinstance(ratios["eval_goal_met"], bool)
     assert "ORT fp32 / torch fp32, 1 image" in proc.stdout

@@ -58,3 +58,22 @@ def test_export_without_onnxruntime_gives_install_hint(monkeypatch, tmp_path: Pa
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
     with pytest.raises(OnnxUnavailableError, match=r"not installed .*derm_exp\[onnx\]"):
         export_loaded(tiny_loaded("simple"), None, {}, tmp_path / "m.onnx")
+
+
+def test_exports_section_records_each_backbone_and_why_one_fails(monkeypatch, tmp_path) -> None:
+    import torch
+
+    from derm_exp.perf.exports import export_one, table_rows
+
+    good = export_one("tiny", "acrnn", 32, tmp_path, threads=1)
+    assert good["ok"] and good["file_mb"] > 0 and good["max_abs_prob_diff"] < 1e-4
+    assert list(tmp_path.iterdir()) == []  # the file was only measured
+
+    def unsupported(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::fancy' to ONNX opset 17 is not supported")
+
+    monkeypatch.setattr(torch.onnx, "export", unsupported)
+    bad = export_one("tiny", "simple", 32, tmp_path, threads=1)
+    assert not bad["ok"] and "torch.onnx.export failed" in bad["error"] and "fancy" in bad["error"]
+    rows = table_rows({"exports": {"models": {"tiny+acrnn": good, "tiny+simple": bad}}})
+    assert rows[0] == ("exports.models.tiny+acrnn.seconds", "export + verify: tiny+acrnn", "s")
