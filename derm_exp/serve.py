@@ -40,6 +40,7 @@ def build_app(cfg: DictConfig):  # -> fastapi.FastAPI (imported lazily: --help s
             batching=BatchSettings.from_config(cfg.batching),
             limits=Limits.from_config(cfg.limits),
             explain_method=str(cfg.explain.method),
+            docs_assets_dir=cfg.docs.assets_dir and str(cfg.docs.assets_dir),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid serve settings: {exc}") from None

@@ -31,6 +31,7 @@ from derm_exp.inference.prediction_model import PredictionModel
 from derm_exp.inference.predictor import DISCLAIMER, SkinLesionPredictor
 from derm_exp.inference.tta import tta_modes
 from derm_exp.service import explain as explaining
+from derm_exp.service.api_docs import add_api_docs
 from derm_exp.service.batching import BatchSettings, MicroBatcher, QueueFull
 from derm_exp.service.limits import BodySizeLimit, Limits, RequestError, check_content_type
 from derm_exp.service.limits import decode_image as decode_upload
@@ -49,6 +50,8 @@ class ServiceSettings:
     batching: BatchSettings = field(default_factory=BatchSettings)
     limits: Limits = field(default_factory=Limits)
     explain_method: str = "gradcam"
+    # Swagger UI's files for /docs (None: the fastapi-offline package's; see api_docs).
+    docs_assets_dir: str | None = None
 
 
 def create_app(loaded: PredictionModel, settings: ServiceSettings | None = None) -> FastAPI:
@@ -70,12 +73,15 @@ def create_app(loaded: PredictionModel, settings: ServiceSettings | None = None)
         description=f"{DISCLAIMER} Upload a dermoscopy image to POST /predict.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load Swagger UI / ReDoc from a CDN: see api_docs
+        redoc_url=None,
     )
     app.state.batcher, app.state.loaded, app.state.settings = batcher, loaded, settings
     app.add_middleware(BodySizeLimit, limits=settings.limits)
     app.add_middleware(CountArrivals, batcher=batcher)
     _add_error_handlers(app)
     _add_routes(app, loaded, settings, batcher, card)
+    app.state.docs_assets = add_api_docs(app, settings.docs_assets_dir)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
