@@ -40,11 +40,15 @@ def build_app(cfg: DictConfig):  # -> fastapi.FastAPI (imported lazily: --help s
             batching=BatchSettings.from_config(cfg.batching),
             limits=Limits.from_config(cfg.limits),
             explain_method=str(cfg.explain.method),
+            docs_assets_dir=cfg.docs.assets_dir and str(cfg.docs.assets_dir),
+            prep_threads=int(cfg.prep_threads),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid serve settings: {exc}") from None
     if settings.batching.max_batch < 1 or settings.batching.queue_size < 1:
         raise ConfigError("batching.max_batch and batching.queue_size must be >= 1")
+    if settings.prep_threads < 1:
+        raise ConfigError(f"prep_threads={settings.prep_threads} must be >= 1")
     if cfg.get("threads"):
         import torch
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +32,11 @@ from derm_exp.inference.prediction_model import PredictionModel
 from derm_exp.inference.predictor import DISCLAIMER, SkinLesionPredictor
 from derm_exp.inference.tta import tta_modes
 from derm_exp.service import explain as explaining
+from derm_exp.service.api_docs import add_api_docs
 from derm_exp.service.batching import BatchSettings, MicroBatcher, QueueFull
 from derm_exp.service.limits import BodySizeLimit, Limits, RequestError, check_content_type
-from derm_exp.service.limits import decode_image as decode_upload
 from derm_exp.service.model_card import model_card
+from derm_exp.service.preparing import Prepared, predict_prepared, prepare
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -49,12 +51,19 @@ class ServiceSettings:
     batching: BatchSettings = field(default_factory=BatchSettings)
     limits: Limits = field(default_factory=Limits)
     explain_method: str = "gradcam"
+    # Swagger UI's files for /docs (None: the fastapi-offline package's; see api_docs).
+    docs_assets_dir: str | None = None
+    # Threads decoding and preprocessing uploads outside the model thread (bounded pool).
+    prep_threads: int = 2
 
 
 def create_app(loaded: PredictionModel, settings: ServiceSettings | None = None) -> FastAPI:
     """The app serving ``loaded`` (one classifier or an ensemble)."""
     settings = settings or ServiceSettings()
-    batcher = MicroBatcher(lambda images, tta: _predict(loaded, images, tta), settings.batching)
+    batcher = MicroBatcher(
+        lambda items, tta: predict_prepared(loaded, items, tta), settings.batching
+    )
+    prep_pool = ThreadPoolExecutor(max(1, settings.prep_threads), thread_name_prefix="derm-prep")
     card = model_card(loaded)
 
     @asynccontextmanager
@@ -64,18 +73,22 @@ def create_app(loaded: PredictionModel, settings: ServiceSettings | None = None)
             yield
         finally:
             await batcher.stop()
+            prep_pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="derm_exp skin-lesion classifier",
         description=f"{DISCLAIMER} Upload a dermoscopy image to POST /predict.",
         version="1",
         lifespan=lifespan,
+        docs_url=None,  # FastAPI's pages load Swagger UI / ReDoc from a CDN: see api_docs
+        redoc_url=None,
     )
     app.state.batcher, app.state.loaded, app.state.settings = batcher, loaded, settings
     app.add_middleware(BodySizeLimit, limits=settings.limits)
     app.add_middleware(CountArrivals, batcher=batcher)
     _add_error_handlers(app)
-    _add_routes(app, loaded, settings, batcher, card)
+    _add_routes(app, loaded, settings, batcher, card, prep_pool)
+    app.state.docs_assets = add_api_docs(app, settings.docs_assets_dir)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
@@ -97,18 +110,13 @@ class CountArrivals:
             await self.app(scope, receive, send)
 
 
-def _predict(loaded: PredictionModel, images: list[Any], tta: str) -> list[dict[str, Any]]:
-    """One forward for ``images`` (x their TTA views); runs on the batcher's model thread."""
-    preset = None if tta == "none" else tta
-    return loaded.model.predict_batch(images, batch_size=len(images), tta=preset)
-
-
 def _add_routes(
     app: FastAPI,
     loaded: PredictionModel,
     settings: ServiceSettings,
     batcher: MicroBatcher,
     card: dict[str, Any],
+    prep_pool: ThreadPoolExecutor,
 ) -> None:
     limits = settings.limits
 
@@ -142,9 +150,11 @@ def _add_routes(
         if tta != "none":
             SkinLesionPredictor.tta_preset(tta)  # unknown mode -> 422 before queueing
         data = await image.read()
-        pil = await asyncio.to_thread(decode_upload, data, limits)
+        loop = asyncio.get_running_loop()
+        prepared: Prepared = await loop.run_in_executor(prep_pool, prepare, loaded, data, limits)
+        pil = prepared.image
         arrival = request.scope.get(ARRIVAL)
-        result = await _run(batcher.submit(pil, tta, limits.request_timeout_s, arrival))
+        result = await _run(batcher.submit(prepared, tta, limits.request_timeout_s, arrival))
         out: dict[str, Any] = {**result, "image": {"width": pil.width, "height": pil.height}}
         if explain:
             try:
