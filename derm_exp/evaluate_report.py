@@ -84,16 +84,17 @@ def subgroup_section(
     cfg: DictConfig, frame: Any, p: Predictions, loaded: Any
 ) -> dict[str, Any] | None:
     """Per sex, age band and body site (:mod:`derm_exp.evaluation.subgroup_report`), on the
-    calibrated probabilities; the metadata the evaluated rows lack is joined from
-    ``subgroups.metadata_file``, else from the training run's dataset (its config's data.root);
-    None with ``subgroups.enabled=false``."""
+    calibrated probabilities. ``subgroups.metadata_file``, when given, supplies the patient
+    columns; otherwise those the evaluated rows lack are joined from the training run's dataset
+    (its config's data.root). None with ``subgroups.enabled=false``."""
     from derm_exp.data.metadata_join import metadata_csv_for, with_patient_metadata
     from derm_exp.evaluation.subgroup_report import subgroup_report
 
     settings = cfg.get("subgroups") or {}
-    csv = settings.get("metadata_file") or metadata_csv_for(loaded.config.get("data") or {})
+    explicit = settings.get("metadata_file")
+    csv = explicit or metadata_csv_for(loaded.config.get("data") or {})
     return subgroup_report(
-        with_patient_metadata(frame, csv),
+        with_patient_metadata(frame, csv, replace=bool(explicit)),
         p.y,
         p.calibrated,
         loaded.classes,

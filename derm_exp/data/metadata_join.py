@@ -20,12 +20,18 @@ log = logging.getLogger(__name__)
 PATIENT_COLUMNS: tuple[str, ...] = ("age", "sex", "localization")
 
 
-def with_patient_metadata(frame: pd.DataFrame, metadata_csv: str | Path | None) -> pd.DataFrame:
+def with_patient_metadata(
+    frame: pd.DataFrame, metadata_csv: str | Path | None, replace: bool = False
+) -> pd.DataFrame:
     """``frame`` with the patient columns it lacks joined from ``metadata_csv`` by image_id.
 
     Returns ``frame`` unchanged when it has them all, when no file is given or readable (logged),
     or when the file has none of them. Images the file does not list get empty cells.
+    ``replace``: the file (a user's explicit choice) supplies every patient column; the frame's
+    own are dropped first, so a column the file lacks is reported unavailable.
     """
+    if replace and metadata_csv is not None:
+        frame = frame.drop(columns=[c for c in PATIENT_COLUMNS if c in frame.columns])
     lacking = [c for c in PATIENT_COLUMNS if c not in frame.columns]
     if not lacking or metadata_csv is None:
         return frame
