@@ -14,33 +14,11 @@ from derm_exp.models.checkpoint import load_checkpoint
 from tests.cli import run_module
 from tests.conftest import compose_train
 from tests.demo_run import DemoRun
+from tests.evaluation.conftest import evaluate_checkpoint
 from tests.evaluation.subgroup_checks import check_subgroup_outputs
-from tests.inference.conftest import TrainedModel, session_model
+from tests.inference.conftest import TrainedModel
 
 PLOTS = {"confusion_matrix.png", "roc_curves.png", "calibration.png", "per_class.png"}
-
-
-@pytest.fixture(scope="session")
-def trained_model(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> TrainedModel:
-    """The tiny model of tests/inference/conftest.py (trained once per session)."""
-    return session_model(tmp_path_factory, demo_data)
-
-
-def _evaluate(model: TrainedModel, out: Path, *overrides: str) -> dict:
-    from derm_exp.evaluate import evaluate
-
-    cfg = compose_train(
-        [
-            f"model_ref={model.checkpoint}",
-            "tracking.enabled=false",
-            "data.num_workers=0",
-            "device=cpu",
-            "bootstrap.n_boot=100",
-            *overrides,
-        ],
-        config_name="evaluate",
-    )
-    return evaluate(cfg, out)
 
 
 def test_a_run_id_writes_report_and_logs_an_evaluation_run(
@@ -106,7 +84,7 @@ def test_calibration_is_reported_before_and_after_and_fitted_on_validation(
     tmp_path: Path,
 ) -> None:
     stored = load_checkpoint(trained_model.checkpoint)["temperature"]
-    auto = _evaluate(trained_model, tmp_path / "auto")
+    auto = evaluate_checkpoint(trained_model, tmp_path / "auto")
     assert auto["temperature"]["value"] == pytest.approx(stored)
     assert {"ece", "nll", "brier"} <= set(auto["calibrated"])
     assert auto["calibrated"]["ece"] != auto["ece"]
@@ -119,7 +97,7 @@ def test_calibration_is_reported_before_and_after_and_fitted_on_validation(
     assert auto["nll"] == pytest.approx(logged["test/nll"], abs=1e-5)
     assert auto["calibrated"]["ece"] == pytest.approx(logged["test/ece_calibrated"], abs=1e-5)
     # Refitting uses the run's validation split, like training did: same temperature.
-    refit = _evaluate(trained_model, tmp_path / "refit", "temperature=refit")
+    refit = evaluate_checkpoint(trained_model, tmp_path / "refit", "temperature=refit")
     assert refit["temperature"]["value"] == pytest.approx(stored, rel=1e-3)
     assert "validation" in refit["temperature"]["source"]
 
@@ -128,7 +106,7 @@ def test_lesion_level_has_one_sample_per_lesion(
     trained_model: TrainedModel,
     tmp_path: Path,
 ) -> None:
-    result = _evaluate(trained_model, tmp_path, "lesion_level=true")
+    result = evaluate_checkpoint(trained_model, tmp_path, "lesion_level=true")
     test_split = pd.read_csv(trained_model.output_dir / "splits" / "test.csv")
     assert result["n_samples"] == test_split["lesion_id"].nunique() < len(test_split)
     assert result["level"] == "lesion" and result["bootstrap"]["resampled"] == "lesions"
@@ -144,7 +122,7 @@ def test_missing_images_in_a_split_csv_fail_clearly(
     split["path"] = "/elsewhere/" + split["image_id"] + ".jpg"
     split.to_csv(tmp_path / "moved.csv", index=False)
     with pytest.raises(DataValidationError, match=r"do not exist.*data\.root="):
-        _evaluate(trained_model, tmp_path / "out", f"split_csv={tmp_path / 'moved.csv'}")
+        evaluate_checkpoint(trained_model, tmp_path / "out", f"split_csv={tmp_path / 'moved.csv'}")
 
 
 def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

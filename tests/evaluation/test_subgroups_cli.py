@@ -11,31 +11,12 @@ import pandas as pd
 import pytest
 
 from derm_exp.errors import ConfigError
-from tests.conftest import compose_train
-from tests.inference.conftest import TrainedModel, session_model
-
-
-@pytest.fixture(scope="session")
-def trained_model(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> TrainedModel:
-    """The tiny model of tests/inference/conftest.py (trained once per session)."""
-    return session_model(tmp_path_factory, demo_data)
+from tests.evaluation.conftest import evaluate_checkpoint
+from tests.inference.conftest import TrainedModel
 
 
 def _evaluate(model: TrainedModel, out: Path, *overrides: str) -> dict:
-    from derm_exp.evaluate import evaluate
-
-    cfg = compose_train(
-        [
-            f"model_ref={model.checkpoint}",
-            "tracking.enabled=false",
-            "data.num_workers=0",
-            "device=cpu",
-            "bootstrap.n_boot=20",
-            *overrides,
-        ],
-        config_name="evaluate",
-    )
-    return evaluate(cfg, out)
+    return evaluate_checkpoint(model, out, *overrides, n_boot=20)
 
 
 def test_missing_metadata_is_unavailable_and_subgroups_can_be_turned_off(
