@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from derm_exp.data.metadata import CLASS_DESCRIPTIONS
 from derm_exp.errors import PredictionInputError, RegistryError
 from derm_exp.inference.abstention import AbstentionPolicy
 from derm_exp.inference.aggregation import (
@@ -30,7 +29,6 @@ from derm_exp.inference.aggregation import (
     aggregate,
     check_aggregation,
     metric_weights,
-    normalized_entropy,
     uncertainty,
 )
 from derm_exp.inference.image_input import ImageInput, as_image_list, to_rgb_image
@@ -44,13 +42,17 @@ from derm_exp.inference.members import (
     resolve_member,
     select_members,
 )
-from derm_exp.inference.predictor import DISCLAIMER, SkinLesionPredictor
-from derm_exp.inference.tta import TTAPreset
+from derm_exp.inference.predictor import SkinLesionPredictor
+from derm_exp.inference.results import DISCLAIMER, prediction_result, tta_info
+from derm_exp.inference.tta import TTAPreset, resolve_preset
 
 # One patient-metadata dict (age, sex, localization) or None per image; None: no metadata.
 Metadata = Sequence[Mapping[str, Any] | None] | None
 
 log = logging.getLogger(__name__)
+
+# The ensemble's uncertainty measures in each prediction (derm_exp.inference.aggregation).
+UNCERTAINTY_KEYS = ("std", "entropy", "mutual_information", "disagreement")
 
 
 @dataclass
@@ -261,7 +263,7 @@ class EnsemblePredictor:
     ) -> tuple[np.ndarray, list[list[str]]]:
         """Member probabilities (M, N, C) and each image's input-quality reasons."""
         images = as_image_list(images)
-        preset = SkinLesionPredictor.tta_preset(tta)
+        preset = resolve_preset(tta)
         out = np.empty((len(self.members), len(images), len(self.classes)), dtype=np.float64)
         quality: list[list[str]] = []
         batches = self._batches(images, batch_size, preset, progress, metadata)
@@ -314,41 +316,26 @@ class EnsemblePredictor:
         """One dict per image: the single-model predictor's keys plus the ensemble's
         uncertainty (``std``, ``entropy``, ``mutual_information``, ``disagreement``),
         ``members``, ``decision``/``reasons``/``abstention`` and ``disclaimer``."""
-        preset = SkinLesionPredictor.tta_preset(tta)
+        preset = resolve_preset(tta)
         member_probs, quality = self._scored(images, preset, batch_size, progress, metadata)
         out = self.combine(member_probs)
         unc = out.uncertainty()
         results = []
         for i, probs in enumerate(out.probs):
-            k = int(probs.argmax())
-            cls = self.classes[k]
-            result: dict[str, Any] = {
-                "predicted_class": cls,
-                "predicted_class_description": CLASS_DESCRIPTIONS.get(cls, cls),
-                "confidence": float(probs[k]),
-                "probabilities": {c: float(p) for c, p in zip(self.classes, probs, strict=True)},
-                "uncertainty": float(normalized_entropy(probs)),
-                "calibrated": all(p.calibrate for p in self.predictors),
-                **{
-                    key: float(unc[key][i])
-                    for key in ("std", "entropy", "mutual_information", "disagreement")
-                },
-                "member_predictions": {
-                    m.name: self.classes[int(out.member_probs[j, i].argmax())]
-                    for j, m in enumerate(self.members)
-                },
-                "ensemble": {
-                    "aggregation": self.aggregation,
-                    "members": len(self.members),
-                    "weights": [float(w) for w in out.weights],
-                },
+            calibrated = all(p.calibrate for p in self.predictors)
+            result = prediction_result(probs, self.classes, calibrated=calibrated, temperature=None)
+            result.update({key: float(unc[key][i]) for key in UNCERTAINTY_KEYS})
+            result["member_predictions"] = {
+                m.name: self.classes[int(out.member_probs[j, i].argmax())]
+                for j, m in enumerate(self.members)
+            }
+            result["ensemble"] = {
+                "aggregation": self.aggregation,
+                "members": len(self.members),
+                "weights": [float(w) for w in out.weights],
             }
             if preset.views != ("identity",):
-                result["tta"] = {
-                    "mode": preset.mode,
-                    "views": list(preset.views),
-                    "aggregation": preset.aggregation,
-                }
+                result["tta"] = tta_info(preset)
             result.update(self.decide(result, quality[i]))
             result["disclaimer"] = DISCLAIMER
             results.append(result)

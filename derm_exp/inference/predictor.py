@@ -27,16 +27,9 @@ from tqdm.auto import tqdm
 
 from derm_exp.data.errors import DataValidationError
 from derm_exp.data.images import BadImageError
-from derm_exp.data.metadata import CLASS_DESCRIPTIONS
 from derm_exp.data.transforms import build_eval_transform
 from derm_exp.errors import ModelSourceError, PredictionInputError
 from derm_exp.inference.abstention import AbstentionPolicy
-from derm_exp.inference.aggregation import (
-    VIEW_AGGREGATIONS,
-    check_aggregation,
-    class_std,
-    normalized_entropy,
-)
 from derm_exp.inference.backends import (
     check_backend,
     is_onnx_file,
@@ -46,47 +39,18 @@ from derm_exp.inference.backends import (
 from derm_exp.inference.image_input import ImageInput, as_image_list, to_rgb_image
 from derm_exp.inference.input_quality import quality_reasons
 from derm_exp.inference.loading import LoadedModel, load_classifier
+from derm_exp.inference.network_setup import compile_for_inference, predictor_precision
+from derm_exp.inference.results import DISCLAIMER, SINGLE_VIEW, prediction_result
 from derm_exp.inference.sources import ModelSource, resolve_source
 from derm_exp.inference.tta import (
     TTAPreset,
     expand_views,
-    load_tta_preset,
-    tta_modes,
+    resolve_preset,
     views_to_probabilities,
 )
-from derm_exp.runtime import Precision, resolve_device, resolve_precision
+from derm_exp.runtime import resolve_device
 
 log = logging.getLogger(__name__)
-
-DISCLAIMER = "Research and education only; not a medical device. Do not use for diagnosis."
-SINGLE_VIEW = TTAPreset("none", ("identity",), "mean")
-
-
-def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
-    """``torch.compile`` (inductor) with weight freezing, for a model that no longer trains.
-
-    Freezing folds BatchNorm into the convolutions and fuses the activations. It is switched on
-    through inductor's process-wide config: passing it as ``options={"freezing": True}`` was
-    measured to compile without the effect (EfficientNetV2-S, bf16, 1 image: 36 ms vs 22 ms on
-    2 cores). It only applies to graphs compiled without autograd, so training graphs compiled
-    in the same process are unaffected. ``dynamic=False``: every input shape gets its own
-    specialised graph, compiled on its first call (20-40 s for EfficientNetV2-S on 2 cores);
-    a dynamic-shape graph, which torch would otherwise build once a second batch size appears,
-    was measured 2-3x slower for single images. Worth it for a predictor that stays loaded, not
-    for one image. Figures: BENCHMARKS.md.
-    """
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True
-    return torch.compile(model, dynamic=False)
-
-
-def predictor_precision(amp: str, device: torch.device) -> Precision:
-    """Autocast settings for inference from ``amp`` (off | bf16 | fp16 | auto)."""
-    try:
-        return resolve_precision(amp, device)
-    except ValueError:
-        raise PredictionInputError(f"amp={amp!r}: choose off, bf16, fp16 or auto") from None
 
 
 class SkinLesionPredictor:
@@ -163,67 +127,28 @@ class SkinLesionPredictor:
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | os.PathLike,
-        device: str = "auto",
-        calibrate: bool = True,
-        amp: str = "off",
-        compile: bool = False,
-        **backend: Any,
-    ) -> SkinLesionPredictor:
-        """From a ``checkpoint_best.pt`` (or a training output folder holding one)."""
+    def from_checkpoint(cls, path: str | os.PathLike, **options: Any) -> SkinLesionPredictor:
+        """From a ``checkpoint_best.pt`` (or a training output folder holding one); ``options``:
+        those of :meth:`from_ref`."""
         if not Path(path).expanduser().exists():
             raise ModelSourceError(f"checkpoint not found: {path}")
-        return cls.from_ref(
-            str(path), device=device, calibrate=calibrate, amp=amp, compile=compile, **backend
-        )
+        return cls.from_ref(str(path), **options)
 
     @classmethod
     def from_run(
-        cls,
-        run_id: str,
-        tracking_uri: str | None = None,
-        device: str = "auto",
-        calibrate: bool = True,
-        amp: str = "off",
-        compile: bool = False,
-        **backend: Any,
+        cls, run_id: str, tracking_uri: str | None = None, **options: Any
     ) -> SkinLesionPredictor:
         """From the ``checkpoints/checkpoint_best.pt`` artifact of MLflow run ``run_id``."""
-        return cls.from_ref(
-            run_id,
-            tracking_uri,
-            device=device,
-            calibrate=calibrate,
-            amp=amp,
-            compile=compile,
-            **backend,
-        )
+        return cls.from_ref(run_id, tracking_uri, **options)
 
     @classmethod
     def from_registry(
-        cls,
-        uri: str,
-        tracking_uri: str | None = None,
-        device: str = "auto",
-        calibrate: bool = True,
-        amp: str = "off",
-        compile: bool = False,
-        **backend: Any,
+        cls, uri: str, tracking_uri: str | None = None, **options: Any
     ) -> SkinLesionPredictor:
         """From a registered model version (``models:/NAME@alias`` or ``models:/NAME/3``)."""
         if not str(uri).startswith("models:/"):
             raise PredictionInputError(f"{uri!r} is not a models:/NAME@alias URI")
-        return cls.from_ref(
-            uri,
-            tracking_uri,
-            device=device,
-            calibrate=calibrate,
-            amp=amp,
-            compile=compile,
-            **backend,
-        )
+        return cls.from_ref(uri, tracking_uri, **options)
 
     @classmethod
     def from_ref(
@@ -390,28 +315,13 @@ class SkinLesionPredictor:
     ) -> dict[str, Any]:
         """The prediction dict for one image's probabilities (C,) (and per-view (V, C)).
 
-        ``decision``/``reasons``/``abstention`` come from :attr:`abstention`
-        (:mod:`derm_exp.inference.abstention`); ``quality`` is the image's input-quality reasons
-        (:meth:`quality_reasons`; None: not checked).
+        Keys: :func:`~derm_exp.inference.results.prediction_result`; ``decision``/``reasons``/
+        ``abstention`` come from :attr:`abstention` (:mod:`derm_exp.inference.abstention`);
+        ``quality`` is the image's input-quality reasons (None: not checked).
         """
-        top = int(np.argmax(probs))
-        cls = self.classes[top]
-        out: dict[str, Any] = {
-            "predicted_class": cls,
-            "predicted_class_description": CLASS_DESCRIPTIONS.get(cls, cls),
-            "confidence": float(probs[top]),
-            "probabilities": {c: float(p) for c, p in zip(self.classes, probs, strict=True)},
-            "uncertainty": float(normalized_entropy(probs)),
-            "calibrated": self.calibrate,
-            "temperature": self.temperature,
-        }
-        if per_view is not None and per_view.shape[0] > 1:
-            out["view_std"] = float(class_std(per_view, top))
-            out["tta"] = {
-                "mode": preset.mode,
-                "views": list(preset.views),
-                "aggregation": preset.aggregation,
-            }
+        out = prediction_result(
+            probs, self.classes, per_view, preset, self.calibrate, self.temperature
+        )
         out.update(
             self.abstention.decide(out["confidence"], quality=quality, view_std=out.get("view_std"))
         )
@@ -478,18 +388,4 @@ class SkinLesionPredictor:
     @staticmethod
     def tta_preset(tta: str | TTAPreset | None, aggregation: str | None = None) -> TTAPreset:
         """The views/aggregation of a TTA mode name (``conf/tta/<mode>.yaml``), validated."""
-        if tta is None:
-            return SINGLE_VIEW
-        if isinstance(tta, TTAPreset):
-            preset = tta
-        else:
-            try:
-                preset = load_tta_preset(str(tta))
-            except ValueError:
-                raise PredictionInputError(
-                    f"unknown TTA mode {tta!r}; choose one of {', '.join(tta_modes())}"
-                ) from None
-        if aggregation is not None:
-            check_aggregation(aggregation, VIEW_AGGREGATIONS)
-            preset = TTAPreset(preset.mode, preset.views, aggregation)
-        return preset
+        return resolve_preset(tta, aggregation)

@@ -17,6 +17,7 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from derm_exp.errors import PredictionInputError
 from derm_exp.inference.aggregation import VIEW_AGGREGATIONS, aggregate, check_aggregation
 from derm_exp.inference.view_names import SQUARE_ONLY_VIEWS, VIEW_NAMES
 
@@ -108,3 +109,24 @@ def views_to_probabilities(
         check_aggregation(aggregation, VIEW_AGGREGATIONS)
         probs = aggregate(probs, aggregation).astype(np.float32)
     return probs
+
+
+def resolve_preset(tta: str | TTAPreset | None, aggregation: str | None = None) -> TTAPreset:
+    """The preset for a TTA mode name (``conf/tta/<mode>.yaml``) or a preset (None: the single
+    identity view), with ``aggregation`` (mean | geometric_mean | max) overriding its own; a user
+    error (unknown mode or aggregation) is a :class:`~derm_exp.errors.PredictionInputError`."""
+    if tta is None:
+        return TTAPreset("none", ("identity",), "mean")
+    if isinstance(tta, TTAPreset):
+        preset = tta
+    else:
+        try:
+            preset = load_tta_preset(str(tta))
+        except ValueError:
+            raise PredictionInputError(
+                f"unknown TTA mode {tta!r}; choose one of {', '.join(tta_modes())}"
+            ) from None
+    if aggregation is not None:
+        check_aggregation(aggregation, VIEW_AGGREGATIONS)
+        preset = TTAPreset(preset.mode, preset.views, aggregation)
+    return preset
