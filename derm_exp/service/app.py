@@ -35,6 +35,7 @@ from derm_exp.service import explain as explaining
 from derm_exp.service.api_docs import add_api_docs
 from derm_exp.service.batching import BatchSettings, MicroBatcher, QueueFull
 from derm_exp.service.limits import BodySizeLimit, Limits, RequestError, check_content_type
+from derm_exp.service.metadata import AGE_RANGE, form_fields
 from derm_exp.service.model_card import model_card
 from derm_exp.service.preparing import Prepared, predict_prepared, prepare
 
@@ -42,6 +43,12 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 TTA_HELP = ", ".join(tta_modes())
 ARRIVAL = "derm_exp.arrival"  # the request's batching.Arrival in the ASGI scope
+AGE_HELP = (
+    f"Patient age in years ({AGE_RANGE[0]:g}-{AGE_RANGE[1]:g}; optional, for a metadata model; "
+    "an image-only model ignores it)"
+)
+SEX_HELP = "Patient sex, e.g. male or female (optional; GET /model lists the values)"
+SITE_HELP = "Body site, e.g. back, face, lower extremity (optional; GET /model lists the values)"
 
 
 @dataclass(frozen=True)
@@ -138,27 +145,40 @@ def _add_routes(
     async def model() -> dict[str, Any]:
         return {**card, "tta_modes": tta_modes(), "limits": _limits_card(limits)}
 
-    @app.post("/predict", summary="Class probabilities for one image (multipart upload)")
+    @app.post(
+        "/predict",
+        summary="Class probabilities for one image (multipart upload, optional patient metadata)",
+    )
     async def predict(
         request: Request,
         image: Annotated[UploadFile, File(description="A JPEG, PNG, WebP, BMP or TIFF image")],
         tta: Annotated[str, Form(description=f"Test-time augmentation: {TTA_HELP}")] = "none",
         explain: Annotated[bool, Form(description="Also return a heat map (base64 PNG)")] = False,
+        age: Annotated[str | None, Form(description=AGE_HELP)] = None,
+        sex: Annotated[str | None, Form(description=SEX_HELP)] = None,
+        localization: Annotated[str | None, Form(description=SITE_HELP)] = None,
     ) -> JSONResponse:
         started = time.perf_counter()
         check_content_type(image.content_type, limits)
         if tta != "none":
             SkinLesionPredictor.tta_preset(tta)  # unknown mode -> 422 before queueing
+        given = form_fields(age=age, sex=sex, localization=localization)
         data = await image.read()
         loop = asyncio.get_running_loop()
-        prepared: Prepared = await loop.run_in_executor(prep_pool, prepare, loaded, data, limits)
+        prepared: Prepared = await loop.run_in_executor(
+            prep_pool, prepare, loaded, data, limits, given
+        )
         pil = prepared.image
         arrival = request.scope.get(ARRIVAL)
         result = await _run(batcher.submit(prepared, tta, limits.request_timeout_s, arrival))
         out: dict[str, Any] = {**result, "image": {"width": pil.width, "height": pil.height}}
+        if prepared.metadata is not None:
+            out.update(prepared.metadata.response())
         if explain:
             try:
                 out["explanation"] = await _explanation(batcher, loaded, pil, settings, result)
+                if out.get("metadata_used"):  # the heat map is drawn from the image alone
+                    out["explanation"]["metadata_used"] = False
             except Exception as exc:  # noqa: BLE001 - the prediction stands without its map
                 if not isinstance(exc, RequestError):
                     log.exception("explanation failed")

@@ -4,9 +4,11 @@ Research and education only; not a medical device.
 
 Everything comes from the model's own checkpoint(s) (:func:`checkpoint_metadata`): classes,
 architecture, preprocessing, the training data's split fingerprint, the validation score it was
-selected on, the calibration temperature and, when the checkpoint stores one, the abstention
-threshold. Test metrics live in the training run, so they are read from MLflow when the model
-was named by run id or ``models:/`` URI (a checkpoint path has no store to ask).
+selected on, the calibration temperature, when the checkpoint stores one the abstention
+threshold, and whether the model takes patient metadata (its fields, the values its stored
+encoder saw in training, how missing values count; see :mod:`derm_exp.service.metadata`).
+Test metrics live in the training run, so they are read from MLflow when the model was named
+by run id or ``models:/`` URI (a checkpoint path has no store to ask).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from derm_exp.data.metadata import CLASS_DESCRIPTIONS
 from derm_exp.inference.prediction_model import PredictionModel
 from derm_exp.inference.predictor import DISCLAIMER, SkinLesionPredictor
 from derm_exp.models.checkpoint import checkpoint_metadata, load_checkpoint
+from derm_exp.service.metadata import metadata_card
 
 log = logging.getLogger(__name__)
 # Checkpoint keys under which selective prediction stores its abstention threshold.
@@ -44,6 +47,7 @@ def model_card(loaded: PredictionModel) -> dict[str, Any]:
             else members[0]["temperature"],
         },
         "abstention": _policy(model, members),
+        "metadata": _metadata(loaded, members),
         "disclaimer": DISCLAIMER,
     }
     if loaded.is_ensemble:
@@ -84,6 +88,14 @@ def _member_card(predictor: SkinLesionPredictor) -> dict[str, Any]:
         "temperature": float(predictor.temperature),
         "abstention": _abstention(ck),
     }
+
+
+def _metadata(loaded: PredictionModel, members: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether the model takes patient metadata, its inputs and how missing values count, with
+    the fusion method(s) of the checkpoint(s) (``model/metadata``: none, concat, film)."""
+    methods = [(m["architecture"]["choices"] or {}).get("model/metadata", "none") for m in members]
+    card = metadata_card(loaded)
+    return {**card, "method": methods if loaded.is_ensemble else methods[0]}
 
 
 def _policy(model: Any, members: list[dict[str, Any]]) -> dict[str, Any] | None:

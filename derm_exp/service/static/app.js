@@ -19,6 +19,7 @@ async function loadModel() {
     const card = await (await fetch("/model")).json();
     $("model-name").textContent = "Model: " + card.model;
     if (card.disclaimer) $("disclaimer").textContent = card.disclaimer;
+    setUpMetadata(card.metadata);
     const health = await (await fetch("/health")).json();
     if (!health.explanations) {
       $("explain").checked = false;
@@ -27,6 +28,34 @@ async function loadModel() {
     }
   } catch (err) {
     $("model-name").textContent = "cannot reach the server: " + err;
+  }
+}
+
+// Patient-metadata inputs, shown only for a model that uses them (GET /model says which).
+const METADATA_FIELDS = ["age", "sex", "localization"];
+let lastFile = null;
+
+function setUpMetadata(meta) {
+  if (!meta || !meta.uses_metadata) return;
+  for (const field of meta.fields || []) {
+    if (!METADATA_FIELDS.includes(field.name)) continue;
+    $(field.name + "-field").hidden = false;
+    if (field.type === "category") {
+      const select = $(field.name);
+      for (const value of field.values || []) select.append(new Option(value, value));
+    }
+  }
+  $("metadata-help").textContent = "Fill these in before choosing the image (or press predict "
+    + "again). " + (meta.missing || "");
+  $("metadata-inputs").hidden = false;
+}
+
+function appendMetadata(form) {
+  if ($("metadata-inputs").hidden) return;
+  for (const name of METADATA_FIELDS) {
+    if ($(name + "-field").hidden) continue;
+    const value = $(name).value.trim();
+    if (value !== "") form.append(name, value);
   }
 }
 
@@ -44,6 +73,9 @@ async function predict(file) {
   form.append("image", file);
   form.append("tta", $("tta").value);
   form.append("explain", $("explain").checked ? "true" : "false");
+  appendMetadata(form);
+  lastFile = file;
+  $("again").hidden = $("metadata-inputs").hidden;
   try {
     const response = await fetch("/predict", { method: "POST", body: form });
     const body = await response.json().catch(() => ({ error: response.statusText }));
@@ -73,6 +105,9 @@ function render(file, r) {
   if (r.std !== undefined) extra.push(`ensemble std ${r.std.toFixed(3)}, disagreement ${r.disagreement.toFixed(2)}`);
   extra.push(r.calibrated ? "calibrated (temperature scaling)" : "uncalibrated");
   $("extra").textContent = extra.join(" · ");
+  const note = $("metadata-note");
+  note.hidden = !(r.metadata && r.metadata.model_uses_metadata);
+  note.textContent = r.metadata ? "Patient metadata: " + r.metadata.note : "";
   renderDecision(r);
   drawChart(r.probabilities, r.predicted_class);
   renderHeatmap(r.explanation, r.explanation_error);
@@ -146,6 +181,7 @@ function setUp() {
     drop.classList.remove("over");
     if (e.dataTransfer.files[0]) predict(e.dataTransfer.files[0]);
   });
+  $("again").addEventListener("click", () => { if (lastFile) predict(lastFile); });
   $("opacity").addEventListener("input", (e) => { $("heatmap").style.opacity = e.target.value / 100; });
   loadModel();
 }
