@@ -5,12 +5,16 @@ Research and education only; not a medical device. Do not use for diagnosis.
 Writes the network (fp32, eval mode; ``quantize=int8`` for ONNX Runtime's int8 quantization) as
 an ONNX file (opset 17, dynamic batch) whose ``metadata_props`` hold the classes,
 preprocessing, temperature, abstention threshold and source of the checkpoint
-(:mod:`derm_exp.exporting.metadata`; also a sidecar ``<file>.json``). Before the file is
-written, ONNX Runtime's output is compared with PyTorch's on the checkpoint's own validation
-images (generated images when they are not reachable); beyond the tolerance the export fails
-with both numbers. When the checkpoint belongs to a run of the tracking store, the file is
-logged as the run's artifacts ``onnx/``; ``register=true`` also logs it as an MLflow ``onnx``
-model and registers it (``registry_name``, default ``derm-classifier-onnx``).
+(:mod:`derm_exp.exporting.metadata`; also a sidecar ``<file>.json``). A metadata-fusion model
+(``model/metadata=concat|film``) gets a second input, ``metadata`` (N, M): the patient metadata
+encoded by its own encoder, whose state the file embeds, so ``backend=onnxruntime`` encodes
+metadata dicts from the file alone. Before the file is written, ONNX Runtime's output is
+compared with PyTorch's on the checkpoint's own validation images (generated images when they
+are not reachable; a metadata model's with metadata, some of it missing, and with it withheld);
+beyond the tolerance the export fails with both numbers. When the checkpoint belongs to a run
+of the tracking store, the file is logged as the run's artifacts ``onnx/``; ``register=true``
+also logs it as an MLflow ``onnx`` model and registers it (``registry_name``, default
+``derm-classifier-onnx``).
 
 Default output: beside a local checkpoint (``checkpoint_best.onnx``, ``checkpoint_best.int8.onnx``),
 which is where ``backend=onnxruntime`` looks first; for a run id or ``models:/`` URI, the run
@@ -121,6 +125,12 @@ def _print(summary: dict[str, Any], result: Any) -> None:
         + (" (approximate: int8 quantized)" if meta["approximate"] else "")
     )
     print(f"Classes      {', '.join(meta['classes'])}; input {meta['data_config']['input_size']}")
+    if meta.get("metadata_input"):
+        entry = meta["metadata_input"]
+        print(
+            f"Metadata     {entry['method']} fusion: input {entry['name']!r} (N, {entry['width']}),"
+            f" encoded from {', '.join(entry['encoding']['columns'])} by the embedded encoder"
+        )
     print(
         f"Verified     ONNX Runtime vs PyTorch on {v.inputs}: max |dp| {v.max_abs_prob_diff:.3g} "
         f"(tolerance {v.tolerance:.3g}), max |dlogit| {v.max_abs_logit_diff:.3g}, argmax "

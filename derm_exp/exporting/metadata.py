@@ -6,6 +6,13 @@ data config: input size, crop, mean/std, interpolation), the validation-fitted t
 abstention threshold when the checkpoint has one, the precision (``fp32`` or ``int8``, the
 latter flagged ``approximate``), where it came from (checkpoint path and SHA-256, MLflow run id,
 registered version, data fingerprint) and the verification against PyTorch done at export.
+
+Formats: ``derm_exp.onnx/1`` is an image-only graph (one input, ``image``); image-only exports
+still write it, so older derm_exp versions read them. ``derm_exp.onnx/2`` is a metadata-fusion
+graph: a second input ``metadata`` (N, M) float32, the patient metadata encoded by the model's
+own encoder, described by ``metadata_input`` (its width, feature names and the encoder's state,
+:meth:`~derm_exp.data.metadata_encoding.MetadataEncoder.to_dict`), so the file alone encodes
+metadata dicts exactly as the checkpoint did (:func:`metadata_encoder`). Both are read.
 """
 
 from __future__ import annotations
@@ -18,9 +25,12 @@ from typing import Any
 
 from derm_exp.exporting.runtime import OnnxModelError, require_onnx
 
-FORMAT = "derm_exp.onnx/1"
+FORMAT = "derm_exp.onnx/1"  # image-only graphs
+METADATA_FORMAT = "derm_exp.onnx/2"  # graphs with the second, encoded-metadata input
+FORMATS = (FORMAT, METADATA_FORMAT)
 METADATA_KEY = "derm_exp"
 INPUT_NAME = "image"
+METADATA_INPUT_NAME = "metadata"
 OUTPUT_NAME = "logits"
 OPSET = 17
 
@@ -50,8 +60,9 @@ def build_metadata(
     model_cfg = (loaded.config or {}).get("model") or {}
     head = (model_cfg.get("head") or {}).get("_target_", "")
     path = loaded.checkpoint_path
-    return {
-        "format": FORMAT,
+    metadata_input = metadata_input_entry(loaded)
+    meta = {
+        "format": METADATA_FORMAT if metadata_input else FORMAT,
         "classes": list(loaded.classes),
         "data_config": _plain(dict(loaded.data_config)),
         "temperature": float(loaded.temperature),
@@ -61,7 +72,11 @@ def build_metadata(
         "approximate": precision != "fp32",
         "input": {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32"},
         "output": {"name": OUTPUT_NAME, "meaning": "logits before temperature"},
-        "model": {"name": model_cfg.get("name"), "head": str(head).rsplit(".", 1)[-1] or None},
+        "model": {
+            "name": model_cfg.get("name"),
+            "head": str(head).rsplit(".", 1)[-1] or None,
+            "metadata": _method(loaded),
+        },
         "source": {
             "ref": None if source is None else str(source.ref),
             "kind": None if source is None else source.kind,
@@ -79,6 +94,63 @@ def build_metadata(
             "onnx": str(require_onnx("onnx").__version__),
         },
     }
+    if metadata_input:
+        meta["metadata_input"] = metadata_input
+    return meta
+
+
+def _method(loaded: Any) -> str:
+    """The model's ``model.metadata.method`` (``none``: image-only)."""
+    if getattr(loaded, "metadata_encoder", None) is None:
+        return "none"
+    model_cfg = (loaded.config or {}).get("model") or {}
+    return str((model_cfg.get("metadata") or {}).get("method", "unknown"))
+
+
+def metadata_input_entry(loaded: Any) -> dict[str, Any] | None:
+    """The ``metadata_input`` section of a metadata-fusion model's export (None: image-only)."""
+    encoder = getattr(loaded, "metadata_encoder", None)
+    if encoder is None:
+        return None
+    return {
+        "name": METADATA_INPUT_NAME,
+        "layout": "NM",
+        "dtype": "float32",
+        "width": int(encoder.dim),
+        "method": _method(loaded),
+        "feature_names": list(encoder.feature_names),
+        "encoding": _plain(encoder.to_dict()),
+        # What to feed for an image without metadata (every missing flag set), for readers
+        # of the file outside derm_exp; derm_exp recomputes it from the encoding.
+        "nothing_known": [float(v) for v in encoder.missing_vector()],
+    }
+
+
+def metadata_encoder(meta: Mapping[str, Any], where: str | Path) -> Any:
+    """The :class:`~derm_exp.data.metadata_encoding.MetadataEncoder` embedded in a metadata
+    model's export (None for an image-only one); :class:`OnnxModelError` when it is malformed
+    or its width differs from the recorded input width."""
+    entry = meta.get("metadata_input")
+    if entry is None:
+        return None
+    from derm_exp.data.metadata_encoding import MetadataEncoder
+
+    try:
+        encoder = MetadataEncoder.from_dict(entry["encoding"])
+        width = int(entry["width"])
+        encoder.encode_records([None])  # every column and category list is usable
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:  # MetadataError: ValueError
+        detail = f"{type(exc).__name__}: {exc}" if not isinstance(exc, KeyError) else f"no {exc}"
+        raise OnnxModelError(
+            f"{where}: its metadata encoder (metadata_input) is unusable ({detail}); re-export "
+            "it with python -m derm_exp.export model=<checkpoint> format=onnx"
+        ) from None
+    if encoder.dim != width:
+        raise OnnxModelError(
+            f"{where}: its metadata encoder gives {encoder.dim} features, but metadata_input "
+            f"says width {width}; the file does not match its metadata"
+        )
+    return encoder
 
 
 def attach_metadata(path: str | Path, metadata: Mapping[str, Any], sidecar: bool = True) -> None:
@@ -112,10 +184,16 @@ def parse_metadata(props: Mapping[str, str], where: str | Path) -> dict[str, Any
         meta = json.loads(text)
     except json.JSONDecodeError as exc:
         raise OnnxModelError(f"{where}: its derm_exp metadata is not valid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in FORMATS:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise OnnxModelError(f"{where}: metadata format {found!r}, expected {FORMAT!r}")
-    missing = [k for k in ("classes", "data_config", "temperature") if k not in meta]
+        raise OnnxModelError(
+            f"{where}: metadata format {found!r}, expected {' or '.join(map(repr, FORMATS))} "
+            "(a newer derm_exp wrote it? upgrade derm_exp)"
+        )
+    required = ["classes", "data_config", "temperature"]
+    if meta["format"] == METADATA_FORMAT:
+        required.append("metadata_input")
+    missing = [k for k in required if k not in meta]
     if missing:
         raise OnnxModelError(f"{where}: derm_exp metadata lacks {', '.join(missing)}")
     return meta
@@ -135,12 +213,17 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def check_session(session: Any, meta: Mapping[str, Any], where: str | Path) -> None:
-    """Refuse a graph whose input/output shapes disagree with its metadata (input size, number
-    of classes): a file edited or assembled from different exports."""
+    """Refuse a graph whose inputs/outputs disagree with its metadata (input size, metadata
+    width, number of classes): a file edited or assembled from different exports."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
-    if len(inputs) != 1 or len(outputs) != 1:
+    entry = meta.get("metadata_input")
+    expected = [INPUT_NAME] + ([str(entry.get("name", METADATA_INPUT_NAME))] if entry else [])
+    names = [i.name for i in inputs]
+    if names != expected or len(outputs) != 1:
+        kind = "a metadata-fusion model" if entry else "an image-only model"
         raise OnnxModelError(
-            f"{where}: expected one input and one output, found {len(inputs)} and {len(outputs)}"
+            f"{where}: the graph takes inputs {names} and has {len(outputs)} output(s), but its "
+            f"metadata describes {kind} (inputs {expected}, one output)"
         )
     size = [int(s) for s in meta["data_config"]["input_size"]]
     graph_in = list(inputs[0].shape)[1:]
@@ -151,9 +234,23 @@ def check_session(session: Any, meta: Mapping[str, Any], where: str | Path) -> N
             f"{where}: the graph takes input {inputs[0].shape}, but its metadata says "
             f"{size} (input_size); the file does not match its metadata"
         )
+    if entry:
+        _check_metadata_width(inputs[1].shape, entry, where)
     n_out = list(outputs[0].shape)[-1]
     if isinstance(n_out, int) and n_out != len(meta["classes"]):
         raise OnnxModelError(
             f"{where}: the graph outputs {n_out} classes, but its metadata lists "
             f"{len(meta['classes'])} ({', '.join(meta['classes'])})"
+        )
+
+
+def _check_metadata_width(shape: list[Any], entry: Mapping[str, Any], where: str | Path) -> None:
+    """The graph's metadata input is (batch, width), width as recorded in ``metadata_input``."""
+    width = entry.get("width")
+    graph_width = shape[-1] if len(shape) == 2 else None
+    if not isinstance(width, int) or not isinstance(graph_width, int) or graph_width != width:
+        raise OnnxModelError(
+            f"{where}: the graph's metadata input is {list(shape)}, but its metadata says "
+            f"(batch, {width}) (metadata_input.width, the encoder's features); the file does "
+            "not match its metadata"
         )

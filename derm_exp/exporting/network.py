@@ -1,4 +1,5 @@
-"""``torch.onnx.export`` of a classifier network: TorchScript exporter, opset 17, dynamic batch."""
+"""``torch.onnx.export`` of a classifier network: TorchScript exporter, opset 17, dynamic batch;
+a metadata-fusion network gets its second input, the (N, M) encoded metadata."""
 
 from __future__ import annotations
 
@@ -8,35 +9,46 @@ from pathlib import Path
 
 import torch
 
-from derm_exp.exporting.metadata import INPUT_NAME, OPSET, OUTPUT_NAME
+from derm_exp.exporting.metadata import INPUT_NAME, METADATA_INPUT_NAME, OPSET, OUTPUT_NAME
 from derm_exp.exporting.runtime import OnnxModelError
 
 
-def export_network(model: torch.nn.Module, path: str | Path, input_size: list[int]) -> Path:
+def export_network(
+    model: torch.nn.Module,
+    path: str | Path,
+    input_size: list[int],
+    metadata_dim: int | None = None,
+) -> Path:
     """Write ``model`` (fp32, eval mode, on the CPU) as ONNX to ``path``.
 
     ``dynamo=False``: the TorchScript-based exporter handles every timm backbone and head here
     and gives a graph ONNX Runtime optimises well (issue 18's measurement); the batch dimension
-    is dynamic, the image size fixed (``input_size``, C x H x W). The caller's model is not
-    modified (a CPU fp32 copy is exported).
+    is dynamic, the image size fixed (``input_size``, C x H x W). With ``metadata_dim`` (a
+    metadata-fusion network) the graph takes ``(image, metadata)``, the latter (N,
+    ``metadata_dim``) float32, batch dynamic too. The caller's model is not modified (a CPU
+    fp32 copy is exported).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     net = copy.deepcopy(model).to("cpu", torch.float32, memory_format=torch.contiguous_format)
     net.eval()
-    dummy = torch.zeros(2, *[int(s) for s in input_size])
+    args: tuple[torch.Tensor, ...] = (torch.zeros(2, *[int(s) for s in input_size]),)
+    names = [INPUT_NAME]
+    if metadata_dim is not None:
+        args += (torch.zeros(2, int(metadata_dim)),)
+        names.append(METADATA_INPUT_NAME)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings and the exporter's deprecation note
             torch.onnx.export(
                 net,
-                (dummy,),
+                args,
                 str(path),
                 dynamo=False,
                 opset_version=OPSET,
-                input_names=[INPUT_NAME],
+                input_names=names,
                 output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}},
                 do_constant_folding=True,
             )
     except Exception as exc:  # an operator the exporter cannot convert: name it

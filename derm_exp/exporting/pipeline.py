@@ -14,8 +14,8 @@ from typing import Any
 from derm_exp.exporting.metadata import attach_metadata, build_metadata, check_session
 from derm_exp.exporting.network import export_network
 from derm_exp.exporting.quantize import quantize_int8
-from derm_exp.exporting.runtime import OnnxModelError, open_session, require_onnx
-from derm_exp.exporting.verify import TOLERANCES, Verification, verification_inputs, verify_export
+from derm_exp.exporting.runtime import open_session, require_onnx
+from derm_exp.exporting.verify import TOLERANCES, Verification, verification_batch, verify_export
 
 log = logging.getLogger(__name__)
 QUANTIZE = (None, "int8")
@@ -36,17 +36,6 @@ def onnx_file_name(checkpoint: str | Path, quantize: str | None = None) -> str:
     return f"{stem}.{quantize}.onnx" if quantize else f"{stem}.onnx"
 
 
-def refuse_metadata_model(loaded: Any) -> None:
-    """:class:`OnnxModelError` for a metadata-fusion model: ONNX export (and so
-    ``backend=onnxruntime``) covers image-only models only."""
-    if getattr(loaded, "metadata_encoder", None) is not None:
-        method = (loaded.config.get("model", {}).get("metadata") or {}).get("method", "?")
-        raise OnnxModelError(
-            f"this model fuses patient metadata (model/metadata={method}); ONNX export and "
-            "backend=onnxruntime support image-only models only: use backend=torch"
-        )
-
-
 def export_loaded(
     loaded: Any,
     source: Any,
@@ -62,10 +51,9 @@ def export_loaded(
 ) -> ExportResult:
     """Export ``loaded.model`` to ``out``: ONNX (opset 17, dynamic batch), optionally int8, its
     metadata embedded (:mod:`derm_exp.exporting.metadata`), verified against PyTorch on
-    :func:`~derm_exp.exporting.verify.verification_inputs` before ``out`` is written (atomic
-    rename: a failed export leaves no file). A metadata-fusion model is refused (its graph has a
-    second input, the encoded metadata, which the exported file's single image input lacks)."""
-    refuse_metadata_model(loaded)
+    :func:`~derm_exp.exporting.verify.verification_batch` before ``out`` is written (atomic
+    rename: a failed export leaves no file). A metadata-fusion model's graph has a second input,
+    the (N, M) encoded metadata, and its encoder is embedded (``metadata_input``)."""
     require_onnx("onnx")
     require_onnx("onnxruntime")
     if quantize not in QUANTIZE:
@@ -76,22 +64,33 @@ def export_loaded(
     tolerance = TOLERANCES[precision] if tolerance is None else float(tolerance)
     out = Path(out).expanduser()
     out.parent.mkdir(parents=True, exist_ok=True)
-    inputs, described = verification_inputs(loaded, source, n_images)
+    batch = verification_batch(loaded, source, n_images)
     metadata = build_metadata(loaded, source, checkpoint, precision)
+    width = (metadata.get("metadata_input") or {}).get("width")
     with tempfile.TemporaryDirectory(prefix=".onnx-export-", dir=out.parent) as tmp:
         path = export_network(
-            loaded.model, Path(tmp) / "fp32.onnx", loaded.data_config["input_size"]
+            loaded.model, Path(tmp) / "fp32.onnx", loaded.data_config["input_size"], width
         )
         if quantize:
-            path = quantize_int8(path, Path(tmp) / "int8.onnx", quantize_method, inputs.numpy())
+            calibration = None if batch.metadata is None else batch.metadata.numpy()
+            path = quantize_int8(
+                path, Path(tmp) / "int8.onnx", quantize_method, batch.images.numpy(), calibration
+            )
             metadata["quantization"] = {
                 "method": quantize_method,
-                "calibration": described if quantize_method == "static" else None,
+                "calibration": batch.description if quantize_method == "static" else None,
             }
         session = open_session(path, threads)
         check_session(session, metadata, out)
         verification = verify_export(
-            loaded.model, session, inputs, float(loaded.temperature), tolerance, described
+            loaded.model,
+            session,
+            batch.images,
+            float(loaded.temperature),
+            tolerance,
+            batch.description,
+            batch.metadata,
+            batch.withheld,
         )
         metadata["verification"] = verification.as_dict()
         attach_metadata(path, metadata, sidecar=False)

@@ -56,6 +56,7 @@ def register_export(
         "derm_exp.kind": "onnx_export",
         "precision": str(metadata["precision"]),
         "approximate": str(metadata["approximate"]).lower(),
+        "metadata": str((metadata.get("model") or {}).get("metadata") or "none"),
         "source_checkpoint_sha256": str(metadata["source"]["checkpoint_sha256"]),
     }
     with mlflow.start_run(run_id=run_id):

@@ -12,14 +12,19 @@ aggregation stay the predictor's and the outputs are the same in form.
   ``backend_threads`` intra-op threads, default: the cores this process may use) over an ONNX
   file written by ``derm_exp.export``. Which file, for a model reference:
 
-  1. ``model=<file.onnx>``: that file; classes, preprocessing and temperature come from its
-     embedded metadata (no checkpoint needed);
+  1. ``model=<file.onnx>``: that file; classes, preprocessing, temperature and a metadata
+     model's encoder come from its embedded metadata (no checkpoint needed);
   2. a checkpoint with an export beside it (``checkpoint_best.onnx``, or
      ``checkpoint_best.int8.onnx`` with ``quantize=int8``) made from this very checkpoint
      (SHA-256 recorded in the file): that file;
   3. otherwise the checkpoint is exported on the fly (verified like ``derm_exp.export``) into
      ``$DERM_EXP_CACHE_DIR/onnx`` (default ``data/cache/onnx``), keyed by the checkpoint's
      SHA-256, with a log line; later runs reuse it.
+
+  A metadata-fusion export has a second input, the (N, M) encoded metadata; the backend feeds
+  it what it is given, and for a batch given none (``metadata=None``: the torch path then calls
+  ``model(x)``, which reads every image as "nothing known") the encoder's "nothing known" row
+  for every image, so both backends compute the same thing.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from derm_exp.errors import PredictionInputError
@@ -99,12 +105,18 @@ class TorchBackend:
 
 class OnnxRuntimeBackend:
     """An exported ONNX file in ONNX Runtime (see the module docstring); ``metadata`` is the
-    file's embedded derm_exp metadata, ``approximate`` True for int8."""
+    file's embedded derm_exp metadata, ``metadata_encoder`` a metadata model's encoder rebuilt
+    from it (None: image-only), ``approximate`` True for int8."""
 
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        from derm_exp.exporting.metadata import INPUT_NAME, check_session, parse_metadata
+        from derm_exp.exporting.metadata import (
+            INPUT_NAME,
+            check_session,
+            metadata_encoder,
+            parse_metadata,
+        )
         from derm_exp.exporting.runtime import default_threads, open_session
 
         self.path = Path(path)
@@ -113,23 +125,62 @@ class OnnxRuntimeBackend:
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = parse_metadata(props, self.path)
         check_session(self.session, self.metadata, self.path)
+        self.metadata_encoder = metadata_encoder(self.metadata, self.path)
         self._input = INPUT_NAME
+        self._metadata_input: str | None = None
+        self._missing: np.ndarray | None = None
+        if self.metadata_encoder is not None:
+            self._metadata_input = str(self.metadata["metadata_input"]["name"])
+            self._missing = self.metadata_encoder.missing_vector().astype(np.float32)
         self.approximate = bool(self.metadata.get("approximate", False))
         self.device = torch.device("cpu")
 
     def eval(self) -> OnnxRuntimeBackend:
         return self
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, *metadata: torch.Tensor | None) -> torch.Tensor:
+        """(N, C) logits; ``metadata``: a metadata model's (N, M) encoded metadata (none given:
+        every image "nothing known"); an image-only graph ignores it, as the network does."""
         # NCHW, as exported: already so from the evaluation loader and the predictor (a
         # channels-last tensor is copied here, by torch's multi-threaded copy)
         batch = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self._input: batch})[0])
+        feeds = {self._input: batch}
+        if self._metadata_input is not None:
+            given = metadata[0] if metadata else None
+            feeds[self._metadata_input] = self._encoded(given, len(batch))
+        return torch.from_numpy(self.session.run(None, feeds)[0])
 
-    def check_matches(self, classes: list[str], data_config: dict, where: str) -> None:
-        """Refuse a file whose classes or preprocessing differ from the checkpoint's."""
+    def _encoded(self, metadata: Any, n: int) -> np.ndarray:
+        """The (n, M) float32 array fed as the metadata input; None: the "nothing known" row."""
+        assert self._missing is not None
+        if metadata is None:
+            return np.ascontiguousarray(np.tile(self._missing, (n, 1)))
+        if isinstance(metadata, torch.Tensor):
+            metadata = metadata.detach().to("cpu", torch.float32).numpy()
+        array = np.ascontiguousarray(np.asarray(metadata, dtype=np.float32))
+        if array.shape != (n, len(self._missing)):
+            from derm_exp.exporting.runtime import OnnxModelError
+
+            raise OnnxModelError(
+                f"{self.path}: encoded metadata of shape {tuple(array.shape)} for {n} images, "
+                f"but this graph's metadata input takes ({n}, {len(self._missing)}) (its "
+                "embedded encoder's features)"
+            )
+        return array
+
+    def check_matches(
+        self, classes: list[str], data_config: dict, where: str, encoder: Any = None
+    ) -> None:
+        """Refuse a file whose classes, preprocessing or metadata encoding (``encoder``: the
+        checkpoint's, None for an image-only model) differ from the checkpoint's."""
         from derm_exp.exporting.runtime import OnnxModelError
 
+        mine, theirs = _encoding(self.metadata_encoder), _encoding(encoder)
+        if mine != theirs:
+            raise OnnxModelError(
+                f"{self.path}: its metadata encoding ({mine or 'none: image-only'}) differs from "
+                f"{where}'s ({theirs or 'none: image-only'}); re-export it from this checkpoint"
+            )
         meta = self.metadata
         if list(meta["classes"]) != list(classes):
             raise OnnxModelError(
@@ -140,6 +191,11 @@ class OnnxRuntimeBackend:
                 f"{self.path}: input size {meta['data_config']['input_size']} differs from "
                 f"{where}'s {list(data_config['input_size'])}"
             )
+
+
+def _encoding(encoder: Any) -> dict[str, Any] | None:
+    """A metadata encoder's state (None: image-only model)."""
+    return None if encoder is None else encoder.to_dict()
 
 
 def is_onnx_file(ref: str | os.PathLike) -> bool:
@@ -210,7 +266,12 @@ def make_backend(
     path = onnx_path or onnx_for_checkpoint(loaded, source, quantize)
     runtime = OnnxRuntimeBackend(path, threads)
     if loaded.model is not None:
-        runtime.check_matches(list(loaded.classes), dict(loaded.data_config), "the checkpoint")
+        runtime.check_matches(
+            list(loaded.classes),
+            dict(loaded.data_config),
+            "the checkpoint",
+            getattr(loaded, "metadata_encoder", None),
+        )
     log.info(
         "backend=onnxruntime: %s (%s, %d threads)",
         runtime.path,
@@ -222,17 +283,22 @@ def make_backend(
 
 def loaded_from_onnx(path: str | Path) -> Any:
     """A :class:`~derm_exp.inference.loading.LoadedModel` without a network (``model=None``)
-    from an ONNX file's metadata: classes, preprocessing, temperature, abstention settings."""
-    from derm_exp.exporting.metadata import read_metadata
+    from an ONNX file's metadata: classes, preprocessing, temperature, abstention settings and
+    a metadata model's encoder (rebuilt from its embedded state)."""
+    from derm_exp.exporting.metadata import metadata_encoder, read_metadata
     from derm_exp.inference.loading import LoadedModel
 
     meta = read_metadata(path)
+    model_cfg = dict(meta.get("model") or {})
+    if isinstance(model_cfg.get("metadata"), str):  # as in a training config: {method: ...}
+        model_cfg["metadata"] = {"method": model_cfg["metadata"]}
     return LoadedModel(
         model=None,  # type: ignore[arg-type]  # the graph runs in ONNX Runtime
         classes=list(meta["classes"]),
         data_config=dict(meta["data_config"]),
         temperature=float(meta["temperature"]),
-        config={"model": meta.get("model") or {}},
+        config={"model": model_cfg},
         checkpoint_path=None,
         abstention=meta.get("abstention"),
+        metadata_encoder=metadata_encoder(meta, path),
     )

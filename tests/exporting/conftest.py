@@ -1,4 +1,5 @@
-"""Fixtures of the export tests: tiny networks of both heads, and the session's trained model."""
+"""Fixtures of the export tests: tiny networks of both heads, the session's trained model and a
+tiny trained metadata-fusion model."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from derm_exp.data.metadata import CLASSES
 from tests.conftest import compose_train
@@ -34,6 +35,36 @@ def tiny_loaded(head: str):
 def trained_model(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> TrainedModel:
     """The session's tiny trained model (shared with the inference tests)."""
     return session_model(tmp_path_factory, demo_data)
+
+
+def train_metadata_model(base: Path, data_root: Path) -> TrainedModel:
+    """The tiny recipe of :func:`tests.inference.conftest.train_tiny_model` with
+    ``model.metadata=concat``: 1 epoch, 32 px, on ``data_root``, tracked in ``base``."""
+    from mlflow.tracking import MlflowClient
+
+    from derm_exp.training.trainer import fit
+
+    overrides = ["trainer.max_epochs=1", "tta=none", "registry.enabled=false"]
+    cfg = compose_train(tiny(*overrides, "model.metadata=concat", "evaluation.n_boot=0"))
+    with open_dict(cfg):
+        cfg.data.root = str(data_root)
+        cfg.tracking.uri = f"sqlite:///{base}/mlflow.db"
+        cfg.tracking.artifact_root = str(base / "mlruns")
+        if "cache_dir" in cfg.data:  # keep the decoded-image cache out of the project
+            cfg.data.cache_dir = str(base / "image_cache")
+    fit(cfg, base / "run")
+    client = MlflowClient(cfg.tracking.uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("derm_exp").experiment_id])
+    run_dir = base / "run"
+    return TrainedModel(
+        run_dir / "checkpoint_best.pt", run.info.run_id, cfg.tracking.uri, run_dir, data_root
+    )
+
+
+@pytest.fixture(scope="session")
+def metadata_model(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> TrainedModel:
+    """The session's tiny trained metadata-fusion (concat) model."""
+    return train_metadata_model(tmp_path_factory.mktemp("tiny_metadata_model"), demo_data)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Checkpoints and metadata: an image-only checkpoint from before metadata fusion still loads
 (and ignores metadata given to it); a metadata model rebuilds its encoder from the checkpoint
-alone; ONNX export refuses it clearly."""
+alone. (ONNX export of metadata models: tests/exporting/test_export_metadata.py.)"""
 
 from __future__ import annotations
 
@@ -92,12 +92,3 @@ def test_a_metadata_checkpoint_rebuilds_its_encoder_and_uses_metadata(tmp_path: 
     np.testing.assert_array_equal(predictor.predict_proba([img], metadata=[{}])[0], nothing)
     with pytest.raises(Exception, match="dx_type"):
         predictor.predict(img, metadata={"dx_type": "histo"})
-
-
-def test_onnx_export_refuses_a_metadata_model(tmp_path: Path) -> None:
-    from derm_exp.exporting.pipeline import export_loaded
-    from derm_exp.exporting.runtime import OnnxModelError
-
-    loaded = load_classifier(write_checkpoint(tmp_path / "film.pt", "film"))
-    with pytest.raises(OnnxModelError, match="model/metadata=film.*backend=torch"):
-        export_loaded(loaded, None, {}, tmp_path / "x.onnx")
