@@ -38,15 +38,16 @@ class _Images:
 
 
 @contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """ONNX Runtime's quantizer logs a line per tensor through the root logger: errors only."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+def quiet_logger(name: str = "") -> Iterator[None]:
+    """Logger ``name`` (default the root logger) at errors only for the block. ONNX Runtime's
+    quantizer logs a line per tensor through the root logger."""
+    target = logging.getLogger(name)
+    level = target.level
+    target.setLevel(logging.ERROR)
     try:
         yield
     finally:
-        root.setLevel(level)
+        target.setLevel(level)
 
 
 def quantize_int8(
@@ -74,7 +75,7 @@ def quantize_int8(
         return dst
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with tempfile.TemporaryDirectory(prefix="derm-quant-") as tmp, _quiet_root_logger():
+    with tempfile.TemporaryDirectory(prefix="derm-quant-") as tmp, quiet_logger():
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         images = np.ascontiguousarray(np.asarray(calibration, dtype=np.float32))

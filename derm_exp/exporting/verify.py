@@ -13,9 +13,7 @@ is fed the encoded "nothing known" vector, exactly what ``backend=onnxruntime`` 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -24,6 +22,7 @@ import torch
 
 from derm_exp.errors import UserError
 from derm_exp.exporting.metadata import INPUT_NAME, METADATA_INPUT_NAME
+from derm_exp.exporting.quantize import quiet_logger
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +93,7 @@ def verification_batch(loaded: Any, source: Any, n: int = 16, seed: int = 0) -> 
 
     fresh = MetadataEncoder.from_dict(encoder.to_dict())  # the model's keeps its warned values
     records, what = _records(fresh, rows, len(images), rng)
-    with _quiet("derm_exp.data.metadata_encoding"):  # a split's values unseen in training
+    with quiet_logger("derm_exp.data.metadata_encoding"):  # a split's values unseen in training
         metadata = torch.from_numpy(fresh.encode_records(_with_missing(records)))
     withheld = torch.from_numpy(np.tile(fresh.missing_vector(), (len(images), 1)))
     described += f", each with {what} (some fields or all missing) and with it withheld"
@@ -152,18 +151,6 @@ def _with_missing(records: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
         else:
             out.append(None)
     return out
-
-
-@contextlib.contextmanager
-def _quiet(logger: str) -> Iterator[None]:
-    """``logger`` at errors only for the block."""
-    target = logging.getLogger(logger)
-    level = target.level
-    target.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        target.setLevel(level)
 
 
 def _generated_image(rng: np.random.Generator) -> Any:

@@ -3,15 +3,17 @@ tiny trained metadata-fusion model."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from derm_exp.data.metadata import CLASSES
 from tests.conftest import compose_train
-from tests.inference.conftest import TrainedModel, session_model
+from tests.inference.conftest import TrainedModel, session_model, train_tiny_model
 from tests.tiny import tiny
 
 pytest.importorskip("onnxruntime", reason="the onnx extra (pip install derm_exp[onnx])")
@@ -37,44 +39,43 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> 
     return session_model(tmp_path_factory, demo_data)
 
 
-def train_metadata_model(base: Path, data_root: Path) -> TrainedModel:
-    """The tiny recipe of :func:`tests.inference.conftest.train_tiny_model` with
-    ``model.metadata=concat``: 1 epoch, 32 px, on ``data_root``, tracked in ``base``."""
-    from mlflow.tracking import MlflowClient
-
-    from derm_exp.training.trainer import fit
-
-    overrides = ["trainer.max_epochs=1", "tta=none", "registry.enabled=false"]
-    cfg = compose_train(tiny(*overrides, "model.metadata=concat", "evaluation.n_boot=0"))
-    with open_dict(cfg):
-        cfg.data.root = str(data_root)
-        cfg.tracking.uri = f"sqlite:///{base}/mlflow.db"
-        cfg.tracking.artifact_root = str(base / "mlruns")
-        if "cache_dir" in cfg.data:  # keep the decoded-image cache out of the project
-            cfg.data.cache_dir = str(base / "image_cache")
-    fit(cfg, base / "run")
-    client = MlflowClient(cfg.tracking.uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("derm_exp").experiment_id])
-    run_dir = base / "run"
-    return TrainedModel(
-        run_dir / "checkpoint_best.pt", run.info.run_id, cfg.tracking.uri, run_dir, data_root
-    )
-
-
 @pytest.fixture(scope="session")
 def metadata_model(tmp_path_factory: pytest.TempPathFactory, demo_data: Path) -> TrainedModel:
     """The session's tiny trained metadata-fusion (concat) model."""
-    return train_metadata_model(tmp_path_factory.mktemp("tiny_metadata_model"), demo_data)
+    base = tmp_path_factory.mktemp("tiny_metadata_model")
+    return train_tiny_model(base, demo_data, "model.metadata=concat", "evaluation.n_boot=0")
 
 
 @pytest.fixture
 def checkpoint_copy(trained_model: TrainedModel, tmp_path: Path) -> Path:
     """The trained checkpoint and its splits/ copied into a fresh folder (exports land beside)."""
+    return copy_run(trained_model, tmp_path)
+
+
+def copy_run(model: TrainedModel, tmp_path: Path) -> Path:
+    """``model``'s checkpoint and its splits/ in a fresh folder ``tmp_path/run``; the copy's
+    checkpoint path."""
     folder = tmp_path / "run"
     folder.mkdir()
-    shutil.copy(trained_model.checkpoint, folder / "checkpoint_best.pt")
-    shutil.copytree(trained_model.output_dir / "splits", folder / "splits")
+    shutil.copy(model.checkpoint, folder / "checkpoint_best.pt")
+    shutil.copytree(model.output_dir / "splits", folder / "splits")
     return folder / "checkpoint_best.pt"
+
+
+def rewrite_metadata(src: Path, dst: Path, change: Callable[[dict], None]) -> Path:
+    """Copy the ONNX file ``src`` to ``dst`` with ``change`` applied to its derm_exp metadata."""
+    import onnx
+
+    from derm_exp.exporting.metadata import METADATA_KEY
+
+    model = onnx.load(str(src))
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            meta = json.loads(prop.value)
+            change(meta)
+            prop.value = json.dumps(meta)
+    onnx.save(model, str(dst))
+    return dst
 
 
 @pytest.fixture(autouse=True)

@@ -5,7 +5,6 @@ mismatched files refused clearly, int8 flagged approximate."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from derm_exp.exporting.metadata import FORMAT, METADATA_FORMAT, METADATA_KEY, read_metadata
+from derm_exp.exporting.metadata import FORMAT, METADATA_FORMAT, read_metadata
 from derm_exp.exporting.pipeline import export_loaded
 from derm_exp.exporting.runtime import OnnxModelError, open_session
 from derm_exp.inference.loading import load_classifier
@@ -21,7 +20,7 @@ from derm_exp.inference.predictor import SkinLesionPredictor
 from derm_exp.inference.sources import peek_checkpoint, resolve_source
 from derm_exp.models.checkpoint import load_checkpoint
 from tests.conftest import compose_train
-from tests.exporting.conftest import tiny_loaded
+from tests.exporting.conftest import copy_run, rewrite_metadata, tiny_loaded
 from tests.inference.conftest import TrainedModel
 
 RECORDS = [
@@ -37,11 +36,7 @@ RECORDS = [
 @pytest.fixture
 def meta_copy(metadata_model: TrainedModel, tmp_path: Path) -> Path:
     """The trained metadata checkpoint and its splits/ in a fresh folder."""
-    folder = tmp_path / "run"
-    folder.mkdir()
-    shutil.copy(metadata_model.checkpoint, folder / "checkpoint_best.pt")
-    shutil.copytree(metadata_model.output_dir / "splits", folder / "splits")
-    return folder / "checkpoint_best.pt"
+    return copy_run(metadata_model, tmp_path)
 
 
 def _export(checkpoint: Path, out: Path, **options):
@@ -52,19 +47,6 @@ def _export(checkpoint: Path, out: Path, **options):
 
 def _images(metadata_model: TrainedModel, n: int = len(RECORDS)) -> list[Path]:
     return sorted((metadata_model.data_root / "images").glob("*"))[:n]
-
-
-def _rewrite(src: Path, dst: Path, change) -> Path:
-    import onnx
-
-    model = onnx.load(str(src))
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            meta = json.loads(prop.value)
-            change(meta)
-            prop.value = json.dumps(meta)
-    onnx.save(model, str(dst))
-    return dst
 
 
 def test_export_writes_two_inputs_and_the_encoder_verified_with_metadata(
@@ -186,10 +168,12 @@ def test_mismatched_metadata_width_or_inputs_give_clear_errors(tmp_path: Path) -
         meta["metadata_input"]["encoding"]["categories"]["localization"].append("scalp")
         meta["metadata_input"]["width"] += 1
 
-    wide = _rewrite(good, tmp_path / "wide.onnx", widen)
+    wide = rewrite_metadata(good, tmp_path / "wide.onnx", widen)
     with pytest.raises(OnnxModelError, match=rf"metadata input is \['batch', {width}\].*says "):
         SkinLesionPredictor.from_ref(str(wide), backend="onnxruntime")
-    lying = _rewrite(good, tmp_path / "lying.onnx", lambda m: m["metadata_input"].update(width=3))
+    lying = rewrite_metadata(
+        good, tmp_path / "lying.onnx", lambda m: m["metadata_input"].update(width=3)
+    )
     with pytest.raises(OnnxModelError, match=f"encoder gives {width} features, but .* width 3"):
         SkinLesionPredictor.from_ref(str(lying), backend="onnxruntime")
 
@@ -197,10 +181,12 @@ def test_mismatched_metadata_width_or_inputs_give_clear_errors(tmp_path: Path) -
         meta["format"] = FORMAT
         del meta["metadata_input"]
 
-    dropped = _rewrite(good, tmp_path / "dropped.onnx", image_only)
+    dropped = rewrite_metadata(good, tmp_path / "dropped.onnx", image_only)
     with pytest.raises(OnnxModelError, match=r"inputs \['image', 'metadata'\].*image-only model"):
         SkinLesionPredictor.from_ref(str(dropped), backend="onnxruntime")
-    newer = _rewrite(good, tmp_path / "newer.onnx", lambda m: m.update(format="derm_exp.onnx/9"))
+    newer = rewrite_metadata(
+        good, tmp_path / "newer.onnx", lambda m: m.update(format="derm_exp.onnx/9")
+    )
     with pytest.raises(OnnxModelError, match="derm_exp.onnx/9.*upgrade derm_exp"):
         SkinLesionPredictor.from_ref(str(newer), backend="onnxruntime")
     ort_p = SkinLesionPredictor.from_ref(str(good), backend="onnxruntime")

@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from derm_exp.exporting.metadata import METADATA_KEY, read_metadata, sidecar_path
+from derm_exp.exporting.metadata import read_metadata, sidecar_path
 from derm_exp.exporting.pipeline import export_loaded
 from derm_exp.exporting.runtime import OnnxModelError, OnnxUnavailableError
 from derm_exp.inference.predictor import SkinLesionPredictor
-from tests.exporting.conftest import tiny_loaded
+from tests.exporting.conftest import rewrite_metadata, tiny_loaded
 
 
 def _images(n: int = 3) -> list[np.ndarray]:
@@ -75,19 +75,6 @@ def test_int8_export_runs_and_is_flagged_approximate(tmp_path: Path) -> None:
     )
 
 
-def _rewrite_metadata(src: Path, dst: Path, change) -> Path:
-    import onnx
-
-    model = onnx.load(str(src))
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            meta = json.loads(prop.value)
-            change(meta)
-            prop.value = json.dumps(meta)
-    onnx.save(model, str(dst))
-    return dst
-
-
 def test_corrupted_or_mismatched_files_give_clear_errors(tmp_path: Path) -> None:
     loaded = tiny_loaded("simple")
     good = export_loaded(loaded, None, {}, tmp_path / "good.onnx").path
@@ -99,18 +86,16 @@ def test_corrupted_or_mismatched_files_give_clear_errors(tmp_path: Path) -> None
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(OnnxModelError, match="truncated.onnx"):
         SkinLesionPredictor.from_ref(str(truncated), backend="onnxruntime")
-    five = _rewrite_metadata(
-        good, tmp_path / "five.onnx", lambda m: m.update(classes=list("abcde"))
-    )
+    five = rewrite_metadata(good, tmp_path / "five.onnx", lambda m: m.update(classes=list("abcde")))
     with pytest.raises(OnnxModelError, match="outputs 7 classes, but its metadata lists 5"):
         SkinLesionPredictor.from_ref(str(five), backend="onnxruntime")
-    big = _rewrite_metadata(
+    big = rewrite_metadata(
         good, tmp_path / "big.onnx", lambda m: m["data_config"].update(input_size=[3, 64, 64])
     )
     with pytest.raises(OnnxModelError, match=r"takes input .*metadata says \[3, 64, 64\]"):
         SkinLesionPredictor.from_ref(str(big), backend="onnxruntime")
     plain = tmp_path / "plain.onnx"
-    _rewrite_metadata(good, plain, lambda m: None)
+    rewrite_metadata(good, plain, lambda m: None)
     import onnx
 
     bare = onnx.load(str(plain))

@@ -31,13 +31,15 @@ class TrainedModel:
     data_root: Path
 
 
-def train_tiny_model(base: Path, data_root: Path) -> TrainedModel:
-    """Train (once per ``base``) a 1-epoch 32 px test_efficientnet on ``data_root``."""
+def train_tiny_model(base: Path, data_root: Path, *overrides: str) -> TrainedModel:
+    """Train (once per ``base``) a 1-epoch 32 px test_efficientnet on ``data_root``, with extra
+    config ``overrides``."""
     marker = base / "trained.json"
     if not marker.is_file():
         from derm_exp.training.trainer import fit
 
-        cfg = compose_train(tiny("trainer.max_epochs=1", "tta=none", "registry.enabled=false"))
+        base_overrides = ("trainer.max_epochs=1", "tta=none", "registry.enabled=false")
+        cfg = compose_train(tiny(*base_overrides, *overrides))
         with open_dict(cfg):
             cfg.data.root = str(data_root)
             cfg.tracking.uri = f"sqlite:///{base}/mlflow.db"
