@@ -56,17 +56,28 @@ def as_peer_failure(exc: BaseException) -> PeerFailure | None:
     return None
 
 
-def install_signal_handlers() -> None:
-    """Under torchrun: SIGTERM (torchrun's "a peer died, stop" or a job scheduler's cancel)
-    raises :class:`PeerFailure`, and Ctrl-C raises KeyboardInterrupt, each once: torchrun
-    forwards the signal a second time while the first is being handled (marking the run,
-    logging the checkpoint), which must not interrupt that cleanup."""
+class JobStopped(UserError, RuntimeError):
+    """A batch scheduler stopped this job (SIGTERM: ``scancel``, its time limit, preemption)."""
+
+
+def install_signal_handlers(error: type[Exception] | None = None) -> None:
+    """SIGTERM raises ``error`` (default :class:`PeerFailure`: under torchrun it is torchrun's
+    "a peer died, stop" or a job scheduler's cancel), and Ctrl-C raises KeyboardInterrupt, each
+    once: torchrun forwards the signal a second time while the first is being handled (marking
+    the run, logging the checkpoint), which must not interrupt that cleanup.
+
+    In a single-task submitit job ``error`` is :class:`JobStopped`: submitit itself only logs
+    SIGTERM ("bypassing"), so a cancelled job would go on training until SLURM's SIGKILL
+    ``KillWait`` seconds later, and a trial could still report and be pruned after its cancel.
+    """
 
     def handle(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if error is not None:
+            raise error("the job was stopped (SIGTERM: scancel, its time limit or preemption)")
         raise PeerFailure(
             "stopped by the launcher (SIGTERM): another DDP process failed or the job was stopped"
         )

@@ -92,9 +92,14 @@ class _Tolerant:
         """One task of a job (on the node). In a multi-task job, the torch.distributed
         variables are exported first and the non-zero ranks run without Hydra outputs and
         callbacks (:mod:`.ddp`): one DDP training, rank 0's folder and tracking."""
-        if ddp.n_tasks(self.params) > 1 and ddp.export_rank() != 0:
-            self.hydra_context = ddp.other_rank_context(self.hydra_context)
-            sweep_overrides = [*sweep_overrides, *ddp.OTHER_RANK_OVERRIDES]
+        if ddp.n_tasks(self.params) > 1:
+            if ddp.export_rank() != 0:
+                self.hydra_context = ddp.other_rank_context(self.hydra_context)
+                sweep_overrides = [*sweep_overrides, *ddp.OTHER_RANK_OVERRIDES]
+        else:  # one task: stop at scancel (DDP tasks get train.py's torchrun handlers)
+            from derm_exp.training import distributed
+
+            distributed.install_signal_handlers(distributed.JobStopped)
         return super().__call__(  # type: ignore[misc]
             sweep_overrides, job_dir_key, job_num, job_id, singleton_state
         )

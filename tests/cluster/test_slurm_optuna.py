@@ -7,7 +7,8 @@
 that opens the study from its storage URL (a sqlite file on the shared tmp filesystem here,
 PostgreSQL on a real cluster) and reports its epochs itself, so the 1e-12 trials are pruned
 from inside their jobs. While it runs, the test ``scancel``s trial 2's job: that trial becomes
-FAIL and the sweep goes on until n_trials=4 trials have finished.
+FAIL (the job stops at the SIGTERM: submitit would only log it) and the sweep goes on until
+n_trials=4 trials have finished.
 """
 
 from __future__ import annotations
@@ -117,6 +118,9 @@ def test_a_cancelled_trial_fails_and_the_sweep_goes_on(sweep: Sweep) -> None:
     assert cancelled.state == TrialState.FAIL
     assert cancelled.user_attrs["slurm_job_id"] == sweep.cancelled_job
     assert max(trials) > CANCELLED_TRIAL  # trials after it ran, up to 4 finished ones
+    # the job stopped at the SIGTERM itself (submitit only logs it), not at SLURM's SIGKILL
+    # KillWait seconds later, so it could not report epoch 1 and be pruned after its cancel
+    assert "the job was stopped (SIGTERM" in sweep.result.stderr + sweep.result.stdout
     client = MlflowClient(f"sqlite:///{sweep.tmp}/mlflow.db")
     runs = client.search_runs(
         [client.get_experiment_by_name("derm_exp").experiment_id],
