@@ -41,6 +41,7 @@ LEAKING_COLUMNS: dict[str, str] = {
     "lesion_id": "it identifies the lesion, so it memorises labels across a lesion's images",
     "image_id": "it identifies the image",
 }
+AGE_RANGE = (0.0, 120.0)  # years; an age outside it (or not finite) is a typo, never encoded
 _MISSING_TEXT = frozenset({"", "unknown", "nan", "none", "null", "na", "n/a"})
 
 
@@ -80,7 +81,8 @@ def _category(value: Any) -> str | None:
 
 
 def _ages(values: pd.Series) -> np.ndarray:
-    """Ages as float64 with NaN for missing; a non-numeric age is a :class:`MetadataError`."""
+    """Ages as float64 with NaN for missing; a non-numeric age, or one outside
+    :data:`AGE_RANGE` (also an infinite one), is a :class:`MetadataError`."""
     text = values.astype("string").str.strip().str.lower()
     missing = text.isna() | text.isin(_MISSING_TEXT)
     ages = pd.to_numeric(text.mask(missing), errors="coerce")
@@ -88,6 +90,12 @@ def _ages(values: pd.Series) -> np.ndarray:
     if len(bad):
         raise MetadataError(
             f"age must be a number of years or empty, got {', '.join(map(repr, bad[:3]))}"
+        )
+    low, high = AGE_RANGE
+    out_of_range = text[~missing & ages.notna() & ~ages.between(low, high)]
+    if len(out_of_range):
+        raise MetadataError(
+            f"age must be {low:g} to {high:g} years, got {', '.join(map(repr, out_of_range[:3]))}"
         )
     return ages.to_numpy(dtype=np.float64)
 

@@ -5,7 +5,7 @@ Research and education only; not a medical device. Do not use for diagnosis.
 A metadata-fusion model encodes the fields with the encoder stored in its checkpoint
 (:class:`~derm_exp.data.metadata_encoding.MetadataEncoder`), in the upload's preparation thread,
 so a bad value (a non-numeric age, ...) is refused with a 422 before the request is queued, with
-the encoder's own message; an age outside 0-120 years is refused here. Every request then
+the encoder's own message (an age outside 0-120 years among them). Every request then
 carries its own metadata (or none) through the micro-batcher. An image-only model ignores the
 fields, and the answer says so (``metadata_used: false``). ``GET /model`` describes the inputs
 (:func:`metadata_card`).
@@ -13,21 +13,24 @@ fields, and the answer says so (``metadata_used: false``). ``GET /model`` descri
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from derm_exp.data.metadata_encoding import CATEGORICAL, METADATA_COLUMNS, MetadataEncoder
+from derm_exp.data.metadata_encoding import (
+    AGE_RANGE,
+    CATEGORICAL,
+    METADATA_COLUMNS,
+    MetadataEncoder,
+)
 from derm_exp.errors import UserError
 from derm_exp.inference.prediction_model import PredictionModel
 from derm_exp.inference.predictor import SkinLesionPredictor
 from derm_exp.service.limits import RequestError
 
 FIELDS: tuple[str, ...] = METADATA_COLUMNS  # the form fields, as the encoder names them
-AGE_RANGE = (0.0, 120.0)
 MAX_FIELD_CHARS = 64
 MISSING_RULE = (
     "A field left out, empty or 'unknown' is encoded as missing (its own <field>_missing flag; "
@@ -131,7 +134,7 @@ def resolve(models: Sequence[SkinLesionPredictor], given: Mapping[str, str]) -> 
             flag = "age_missing" if col == "age" else f"{col}_missing"
             if vector[names.index(flag)] == 1:
                 continue
-            used[col] = _age(given[col]) if col == "age" else given[col].lower()
+            used[col] = float(given[col]) if col == "age" else given[col].lower()
             if col in CATEGORICAL and vector[names.index(f"{col}_unknown")] == 1:
                 unknown.add(col)
     return MetadataUse(
@@ -153,20 +156,6 @@ def _encode(predictor: SkinLesionPredictor, given: Mapping[str, str]) -> torch.T
         raise RequestError(422, f"invalid patient metadata: {exc}") from None
     assert encoded is not None
     return encoded[0]
-
-
-def _age(text: str) -> float:
-    """An age the encoder accepted as a number, within :data:`AGE_RANGE` (else 422)."""
-    low, high = AGE_RANGE
-    try:
-        age = float(text)
-    except ValueError:
-        age = math.nan
-    if not low <= age <= high:  # NaN and infinities fail too
-        raise RequestError(
-            422, f"invalid patient metadata: age must be {low:g} to {high:g} years, got {text!r}"
-        )
-    return age
 
 
 def metadata_card(loaded: PredictionModel) -> dict[str, Any]:

@@ -93,6 +93,10 @@ def test_bad_columns_and_values_are_clear_errors() -> None:
         encoder.encode_records([{"site": "back"}])
     with pytest.raises(MetadataError, match="age must be a number"):
         encoder.encode_records([{"age": "old"}])
+    for age in ("-1", "121", "inf", 250):  # typos are refused, in a CSV or a call alike
+        with pytest.raises(MetadataError, match="age must be 0 to 120 years"):
+            encoder.encode_records([{"age": age}])
+    assert encoder.encode_records([{"age": 0}, {"age": "120"}]).shape[0] == 2
 
 
 def test_plain_dict_round_trip_gives_the_same_encoding() -> None:
