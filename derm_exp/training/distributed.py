@@ -74,16 +74,30 @@ def install_signal_handlers(error: type[Exception] | None = None) -> None:
     def handle(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if error is not None:
-            raise error("the job was stopped (SIGTERM: scancel, its time limit or preemption)")
-        raise PeerFailure(
-            "stopped by the launcher (SIGTERM): another DDP process failed or the job was stopped"
-        )
+        _STOPPED[:] = [KeyboardInterrupt if signum == signal.SIGINT else error or PeerFailure]
+        raise_if_stopped()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+
+
+# The stop a signal asked for. The handler raises it at once, but Python drops an exception
+# raised while the main thread runs a finalizer (a weakref callback, ``__del__``: "Exception
+# ignored in ..."), so the training loop asks again with raise_if_stopped() at every batch and
+# before the epoch-end hooks (a pruning report after a cancel).
+_STOPPED: list[type[BaseException]] = []
+_STOP_MESSAGES: dict[type[BaseException], str] = {
+    PeerFailure: "stopped by the launcher (SIGTERM): another DDP process failed or the job was "
+    "stopped",
+    JobStopped: "the job was stopped (SIGTERM: scancel, its time limit or preemption)",
+}
+
+
+def raise_if_stopped() -> None:
+    """Raise the stop a SIGTERM or Ctrl-C asked for (see :func:`install_signal_handlers`)."""
+    if _STOPPED:
+        kind = _STOPPED[0]
+        raise kind(*([_STOP_MESSAGES[kind]] if kind in _STOP_MESSAGES else []))
 
 
 def env_world_size() -> int:

@@ -18,5 +18,9 @@ class TrialPruned(Exception):  # noqa: N818 - mirrors optuna.TrialPruned
 
 
 def run_epoch_end_hooks(epoch: int, metrics: dict[str, float]) -> None:
+    """Call every hook, unless a SIGTERM stopped the job: a cancelled trial reports nothing."""
+    from derm_exp.training.distributed import raise_if_stopped  # torch only when training
+
+    raise_if_stopped()
     for hook in list(EPOCH_END_HOOKS):
         hook(epoch, metrics)

@@ -133,6 +133,7 @@ def train_one_epoch(
     optimizer.zero_grad(set_to_none=True)
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None)
     for step, (images, targets, *meta) in enumerate(bar):
+        distributed.raise_if_stopped()  # a SIGTERM whose own raise was swallowed
         images, targets = _to_device(images, ctx), targets.to(ctx.device, non_blocking=True)
         # A metadata model's batches carry the encoded metadata third (mixup keeps each
         # image's own: metadata is an input, not a target).
