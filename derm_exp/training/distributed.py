@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import io
 import logging
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -60,44 +61,45 @@ class JobStopped(UserError, RuntimeError):
     """A batch scheduler stopped this job (SIGTERM: ``scancel``, its time limit, preemption)."""
 
 
-def install_signal_handlers(error: type[Exception] | None = None) -> None:
-    """SIGTERM raises ``error`` (default :class:`PeerFailure`: under torchrun it is torchrun's
-    "a peer died, stop" or a job scheduler's cancel), and Ctrl-C raises KeyboardInterrupt, each
-    once: torchrun forwards the signal a second time while the first is being handled (marking
-    the run, logging the checkpoint), which must not interrupt that cleanup.
+_PEER_STOP = "stopped by the launcher (SIGTERM): another DDP process failed or the job was stopped"
+_JOB_STOP = "the job was stopped (SIGTERM: scancel, its time limit or preemption)"
+# The stop a signal asked for. The handler raises it at once, but Python drops an exception
+# raised while the main thread runs a finalizer (a weakref callback, ``__del__``: "Exception
+# ignored in ..."), so the training loop asks again with raise_if_stopped() at every batch and
+# before the epoch-end hooks (a pruning report after a cancel).
+_STOPPED: list[Callable[[], BaseException]] = []
 
-    In a single-task submitit job ``error`` is :class:`JobStopped`: submitit itself only logs
-    SIGTERM ("bypassing"), so a cancelled job would go on training until SLURM's SIGKILL
-    ``KillWait`` seconds later, and a trial could still report and be pruned after its cancel.
+
+def install_signal_handlers(scheduler_job: bool = False) -> None:
+    """SIGTERM raises :class:`PeerFailure` (under torchrun: torchrun's "a peer died, stop" or a
+    job scheduler's cancel), and Ctrl-C raises KeyboardInterrupt, each once: torchrun forwards
+    the signal a second time while the first is being handled (marking the run, logging the
+    checkpoint), which must not interrupt that cleanup.
+
+    In a single-task submitit job (``scheduler_job``) SIGTERM raises :class:`JobStopped`:
+    submitit itself only logs SIGTERM ("bypassing"), so a cancelled job would go on training
+    until SLURM's SIGKILL ``KillWait`` seconds later, and a trial could still report and be
+    pruned after its cancel.
     """
 
     def handle(signum: int, frame: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        _STOPPED[:] = [KeyboardInterrupt if signum == signal.SIGINT else error or PeerFailure]
+        if signum == signal.SIGINT:
+            _STOPPED[:] = [KeyboardInterrupt]
+        else:
+            kind, message = (JobStopped, _JOB_STOP) if scheduler_job else (PeerFailure, _PEER_STOP)
+            _STOPPED[:] = [functools.partial(kind, message)]
         raise_if_stopped()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
 
 
-# The stop a signal asked for. The handler raises it at once, but Python drops an exception
-# raised while the main thread runs a finalizer (a weakref callback, ``__del__``: "Exception
-# ignored in ..."), so the training loop asks again with raise_if_stopped() at every batch and
-# before the epoch-end hooks (a pruning report after a cancel).
-_STOPPED: list[type[BaseException]] = []
-_STOP_MESSAGES: dict[type[BaseException], str] = {
-    PeerFailure: "stopped by the launcher (SIGTERM): another DDP process failed or the job was "
-    "stopped",
-    JobStopped: "the job was stopped (SIGTERM: scancel, its time limit or preemption)",
-}
-
-
 def raise_if_stopped() -> None:
     """Raise the stop a SIGTERM or Ctrl-C asked for (see :func:`install_signal_handlers`)."""
     if _STOPPED:
-        kind = _STOPPED[0]
-        raise kind(*([_STOP_MESSAGES[kind]] if kind in _STOP_MESSAGES else []))
+        raise _STOPPED[0]()
 
 
 def env_world_size() -> int:

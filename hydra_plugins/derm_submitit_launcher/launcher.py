@@ -99,7 +99,7 @@ class _Tolerant:
         else:  # one task: stop at scancel (DDP tasks get train.py's torchrun handlers)
             from derm_exp.training import distributed
 
-            distributed.install_signal_handlers(distributed.JobStopped)
+            distributed.install_signal_handlers(scheduler_job=True)
         return super().__call__(  # type: ignore[misc]
             sweep_overrides, job_dir_key, job_num, job_id, singleton_state
         )

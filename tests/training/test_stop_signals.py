@@ -39,7 +39,7 @@ def test_a_sigterm_swallowed_by_a_finalizer_still_stops_the_next_batch(
 ) -> None:
     dropped: list[type[BaseException] | None] = []
     monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
-    distributed.install_signal_handlers(distributed.JobStopped)
+    distributed.install_signal_handlers(scheduler_job=True)
     distributed.raise_if_stopped()  # nothing asked yet
     _SignalledInFinalizer()
     gc.collect()
