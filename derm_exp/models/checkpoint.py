@@ -136,7 +136,9 @@ class BestCheckpoint(CheckpointMeta):
 class LatestCheckpoint(CheckpointMeta):
     """``checkpoint_latest.pt``: the state after the last completed epoch, enough to resume
     exactly (raw and EMA weights, optimizer and scaler state, the training stage, early-stopping
-    and time-budget counters, the metric history and the RNG states)."""
+    and time-budget counters, the metric history and the RNG states). ``fitted_schedule``
+    (optional; absent in older files): the LR schedule's length when the time budget fitted it
+    shorter (:class:`derm_exp.training.budget_fit.FittedSchedule` as a dict), else None."""
 
     model: dict[str, torch.Tensor]
     ema: dict[str, Any] | None
@@ -149,12 +151,12 @@ class LatestCheckpoint(CheckpointMeta):
     elapsed: float
     history: dict[str, list[float]]
     rng: dict[str, Any]
+    fitted_schedule: NotRequired[dict[str, Any] | None]
 
 
 # Resume needs all of these; checkpoint_best.pt lacks most of them.
-LATEST_KEYS = tuple(
-    k for k in LatestCheckpoint.__annotations__ if k not in ("format", "kind", "metadata_encoding")
-)
+_NOT_NEEDED = ("format", "kind", "metadata_encoding", "fitted_schedule")
+LATEST_KEYS = tuple(k for k in LatestCheckpoint.__annotations__ if k not in _NOT_NEEDED)
 
 
 def checkpoint_meta(

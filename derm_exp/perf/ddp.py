@@ -94,7 +94,7 @@ def _worker(rank: int, world: int, config: dict, device_type: str, tmp: str) -> 
         size = int(model.data_config["input_size"][-1])
         labels = np.arange(len(CLASSES))  # balanced: class weights (if any) are all 1
         parts = build_parts(cfg, model, labels, device, precision)
-        optimizer, scheduler = make_optimizer(cfg, model, ALL_LAYERS, 1, int(b.batches))
+        optimizer, scheduler = make_optimizer(cfg, model, ALL_LAYERS, int(b.batches))
         timed = TimedTraining(parts, optimizer, scheduler, ALL_LAYERS)
         batch = make_batch(int(cfg.data.batch_size), size)
         out = loop_throughput(timed, repeat_batch(batch), int(b.warmup), int(b.batches))

@@ -19,7 +19,7 @@ from derm_exp.runtime import Precision
 from derm_exp.training.data_setup import Loaders, build_loaders, split_frame
 from derm_exp.training.loop import optimizer_steps, train_one_epoch
 from derm_exp.training.schedulers import BatchScheduler
-from derm_exp.training.stages import ALL_LAYERS, make_optimizer, stage_bounds
+from derm_exp.training.stages import ALL_LAYERS, make_optimizer
 from derm_exp.training.trainer import TrainParts, accumulation, build_parts
 
 
@@ -47,9 +47,8 @@ def build_train_parts(
     ``trainer.finetune_lr`` after a frozen-backbone stage): the stage every run has, and the
     costlier one per step."""
     parts = build_parts(cfg, model, loaders.train_labels, device, precision)
-    start, end = stage_bounds(cfg, ALL_LAYERS)
     updates = optimizer_steps(len(loaders.train), accumulation(cfg))
-    optimizer, scheduler = make_optimizer(cfg, model, ALL_LAYERS, end - start, updates)
+    optimizer, scheduler = make_optimizer(cfg, model, ALL_LAYERS, updates)
     return TimedTraining(parts, optimizer, scheduler, ALL_LAYERS)
 
 

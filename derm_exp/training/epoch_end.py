@@ -76,13 +76,14 @@ def save_latest(run: Run, state: RunState, epoch: int, step: StageStep) -> None:
         "history": dict(state.history),
         "rng": rng_state(),
         "world_size": distributed.world_size(),  # the data order depends on it
+        "fitted_schedule": state.fitted.as_dict() if state.fitted else None,
     }
     save_checkpoint({**run.meta, **latest}, run.paths.latest)
 
 
 def log_epoch(
-    cfg: DictConfig,
     epoch: int,
+    total: int,
     train: dict[str, float],
     metrics: dict[str, float],
     weights: str,
@@ -94,7 +95,7 @@ def log_epoch(
         "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f bal.acc %.3f macro-F1 %.3f "
         "AUC %s [%s]%s  %.0fs",
         epoch + 1,
-        int(cfg.trainer.max_epochs),
+        total,
         train["loss"],
         train["accuracy"],
         metrics["val/loss"],

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from derm_exp.errors import UserError
 from derm_exp.models.checkpoint import LATEST_KEYS, load_checkpoint
+from derm_exp.training.budget_fit import restore_fitted
 
 # What may change when continuing a run; anything else must match the checkpoint's config.
 RESUMABLE_KEYS = (
@@ -155,6 +156,13 @@ def stop_reason(checkpoint: dict[str, Any], cfg: DictConfig) -> tuple[str, str] 
     override that continues it), or None when it would."""
     trainer = cfg.trainer
     done = int(checkpoint["epoch"]) + 1
+    fitted = restore_fitted(cfg, checkpoint.get("fitted_schedule"))
+    if fitted is not None and done >= fitted.epochs:
+        return (
+            f"it trained all {fitted.epochs} epochs that its time budget trainer.max_time_minutes="
+            f"{trainer.max_time_minutes} allowed (trainer.fit_schedule_to_budget)",
+            f"trainer.max_time_minutes={float(trainer.max_time_minutes) * 2:g}",
+        )
     if done >= int(trainer.max_epochs):
         return (
             f"it trained all trainer.max_epochs={trainer.max_epochs} epochs",

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from timm.utils import ModelEmaV3
 
 from derm_exp.training import resume as resume_mod
+from derm_exp.training.budget_fit import FittedSchedule, restore_fitted
 from derm_exp.training.data_setup import Loaders
 from derm_exp.training.loop import StepContext
 from derm_exp.training.run_tracking import CheckpointPaths
@@ -27,6 +28,7 @@ class RunState:
     stale_epochs: int = 0
     elapsed: float = 0.0
     history: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    fitted: FittedSchedule | None = None  # the schedule fitted to the time budget, if any
 
 
 @dataclass
@@ -54,3 +56,20 @@ class Run:
     paths: CheckpointPaths
     split_paths: list[Path]
     resumed: resume_mod.Resumed | None
+
+
+def restore_state(cfg: DictConfig, parts: TrainParts, ck: dict) -> RunState:
+    """Load a ``checkpoint_latest.pt``'s weights (raw, EMA, scaler) and its epoch counters."""
+    parts.model.load_state_dict(ck["model"])
+    if parts.ema is not None and ck.get("ema") is not None:
+        parts.ema.load_state_dict(ck["ema"])
+    if parts.scaler is not None and ck.get("scaler"):
+        parts.scaler.load_state_dict(ck["scaler"])
+    return RunState(
+        epoch=ck["epoch"] + 1,
+        best=Score(**ck["best"]) if ck.get("best") else None,
+        stale_epochs=ck["stale_epochs"],
+        elapsed=ck["elapsed"],
+        history=defaultdict(list, {k: list(v) for k, v in ck["history"].items()}),
+        fitted=restore_fitted(cfg, ck.get("fitted_schedule")),
+    )

@@ -50,9 +50,19 @@ class BatchScheduler:
 
 
 def build_scheduler(
-    cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int
+    cfg: DictConfig,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    steps_per_epoch: int,
+    planned_epochs: int | None = None,
 ) -> BatchScheduler:
-    """Build the ``scheduler`` group option for ``epochs`` x ``steps_per_epoch`` updates."""
+    """Build the ``scheduler`` group option for ``epochs`` x ``steps_per_epoch`` updates.
+
+    ``planned_epochs`` (more than ``epochs``): the length the schedule was configured for; the
+    schedule is compressed in time to ``epochs`` (the cycles after the warm-up scaled by one
+    factor), as :mod:`.budget_fit` asks when the time budget allows fewer epochs. Schedules
+    defined by the run's length (one cosine, one-cycle) fit any length by construction.
+    """
     total = max(1, epochs * steps_per_epoch)
     name = cfg.name
     if name in _COSINE:
@@ -61,11 +71,17 @@ def build_scheduler(
         # the cosine and the LR drops at its end (to half of optimizer.lr in a 2-epoch run).
         warmup = int(cfg.warmup_epochs * steps_per_epoch)
         remaining = max(1, total - warmup)
-        cycle = (
-            remaining
-            if cfg.cycle_epochs is None
-            else max(1, int(cfg.cycle_epochs * steps_per_epoch))
-        )
+        span = 1.0
+        if planned_epochs is not None and planned_epochs > epochs:
+            span = remaining / max(1, planned_epochs * steps_per_epoch - warmup)
+        cycle: float = remaining
+        if cfg.cycle_epochs is not None:
+            cycle = max(1, int(cfg.cycle_epochs * steps_per_epoch))
+            if span < 1.0:
+                # Kept fractional (timm's cosine accepts a float length), so the compressed
+                # cycles add up to the fitted run exactly instead of restarting just before
+                # its end after rounding down.
+                cycle = max(1.0, cfg.cycle_epochs * steps_per_epoch * span)
         impl = CosineLRScheduler(
             optimizer,
             t_initial=cycle,

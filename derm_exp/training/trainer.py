@@ -9,10 +9,10 @@ tests call it without Hydra.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +32,7 @@ from derm_exp.tracking.choices import config_choices
 from derm_exp.tracking.mlflow_run import redact_config, run_url_hint, setup_experiment
 from derm_exp.training import distributed, epoch_end
 from derm_exp.training import resume as resume_mod
+from derm_exp.training.budget_fit import epochs_to_run, fit_on_every_rank
 from derm_exp.training.data_setup import (
     build_loaders,
     data_fingerprint,
@@ -52,9 +53,8 @@ from derm_exp.training.losses import build_criterion, loss_class_weights
 from derm_exp.training.mixing import build_mixup
 from derm_exp.training.registration import register_best_model
 from derm_exp.training.rng import set_rng_state
-from derm_exp.training.run_parts import Run, RunState, TrainParts
+from derm_exp.training.run_parts import Run, RunState, TrainParts, restore_state
 from derm_exp.training.run_tracking import CheckpointPaths, log_run_start, open_run, run_outcome
-from derm_exp.training.selection import Score
 from derm_exp.training.stages import StageOptimizers, StageStep
 from derm_exp.training.validate import validate_config, validate_model
 
@@ -91,7 +91,7 @@ def fit(cfg: DictConfig, output_dir: str | Path, overrides: list[str] | None = N
     if resumed is not None:
         _warn_if_world_size_changed(resumed.checkpoint)
     run = set_up_run(cfg, Path(output_dir), resumed, device, precision)
-    state = restore_state(run.parts, resumed.checkpoint) if resumed else RunState()
+    state = restore_state(cfg, run.parts, resumed.checkpoint) if resumed else RunState()
     if not distributed.is_main():
         with _peer_failures(None, run.paths):
             train_epochs(run, state)
@@ -279,22 +279,6 @@ def _warn_if_world_size_changed(checkpoint: dict) -> None:
         )
 
 
-def restore_state(parts: TrainParts, ck: dict) -> RunState:
-    """Load a ``checkpoint_latest.pt``'s weights (raw, EMA, scaler) and its epoch counters."""
-    parts.model.load_state_dict(ck["model"])
-    if parts.ema is not None and ck.get("ema") is not None:
-        parts.ema.load_state_dict(ck["ema"])
-    if parts.scaler is not None and ck.get("scaler"):
-        parts.scaler.load_state_dict(ck["scaler"])
-    return RunState(
-        epoch=ck["epoch"] + 1,
-        best=Score(**ck["best"]) if ck.get("best") else None,
-        stale_epochs=ck["stale_epochs"],
-        elapsed=ck["elapsed"],
-        history=defaultdict(list, {k: list(v) for k, v in ck["history"].items()}),
-    )
-
-
 # --- epoch loop -------------------------------------------------------------------------------
 
 
@@ -308,30 +292,36 @@ def train_epochs(run: Run, state: RunState) -> None:
     cfg, parts = run.cfg, run.parts
     resume = run.resumed.checkpoint if run.resumed is not None else None
     updates = optimizer_steps(len(run.loaders.train), accumulation(cfg))  # per epoch
-    optimizers = StageOptimizers(cfg, parts.model, updates, state.epoch, resume)
+    last = state.fitted.epochs if state.fitted else None
+    optimizers = StageOptimizers(cfg, parts.model, updates, state.epoch, resume, last)
     if resume is not None:
         set_rng_state(resume["rng"])
     trainable = _trainable(parts.model)
-    for epoch in range(state.epoch, int(cfg.trainer.max_epochs)):
+    for epoch in itertools.count(state.epoch):
+        if epoch >= epochs_to_run(cfg, state.fitted):
+            break
         started = time.monotonic()
         step = optimizers.for_epoch(epoch)
         if distributed.is_distributed() and _trainable(parts.model) != trainable:
             # DDP reduces the parameters that required gradients when it was built.
             trainable = _trainable(parts.model)
             parts.train_model = _training_module(cfg, parts.model, parts.ctx.device)
-        train = _train_one_epoch(run, step, epoch)
+        train = _train_one_epoch(run, step, epoch, epochs_to_run(cfg, state.fitted))
         chosen, metrics = validate_epoch(cfg, parts.model, parts.ema, run.loaders, parts.ctx, epoch)
         lr = step.optimizer.param_groups[0]["lr"]
         row = {"train/loss": train["loss"], "train/accuracy": train["accuracy"], "lr": lr}
         row.update(metrics)
         state.epoch = epoch + 1
         state.elapsed += time.monotonic() - started
+        if state.epoch == 1:  # the first epoch of a fresh run
+            state.fitted = fit_on_every_rank(cfg, state.elapsed, optimizers)
         decision = None
         if distributed.is_main():
             epoch_end.record_epoch(run, state, epoch, row)
             improved = epoch_end.save_best(run, state, epoch, chosen)
             epoch_end.save_latest(run, state, epoch, step)
-            epoch_end.log_epoch(cfg, epoch, train, metrics, chosen.weights, improved, started)
+            total = epochs_to_run(cfg, state.fitted)
+            epoch_end.log_epoch(epoch, total, train, metrics, chosen.weights, improved, started)
             decision = epoch_end.end_of_epoch(cfg, state, epoch, row)
         decision = distributed.broadcast(decision)
         if isinstance(decision, TrialPruned):
@@ -346,7 +336,7 @@ def _trainable(model: torch.nn.Module) -> tuple[bool, ...]:
     return tuple(p.requires_grad for p in model.parameters())
 
 
-def _train_one_epoch(run: Run, step: StageStep, epoch: int) -> dict[str, float]:
+def _train_one_epoch(run: Run, step: StageStep, epoch: int, total: int) -> dict[str, float]:
     """One pass over the training split; the weights must stay finite."""
     cfg, p = run.cfg, run.parts
     # Reseed per epoch: an epoch's order and augmentation do not depend on earlier epochs.
@@ -366,7 +356,7 @@ def _train_one_epoch(run: Run, step: StageStep, epoch: int) -> dict[str, float]:
         scaler=p.scaler,
         mixup=p.mixup,
         ema=p.ema,
-        desc=f"epoch {epoch + 1}/{cfg.trainer.max_epochs}",
+        desc=f"epoch {epoch + 1}/{total}",
     )
     # Under DDP every rank validates rank 0's weights (BatchNorm statistics drift per rank).
     distributed.sync_from_main(p.model)

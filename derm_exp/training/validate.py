@@ -54,6 +54,8 @@ _CHOICES: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("trainer.monitor_mode", ("max", "min")),
     ("tta.aggregation", VIEW_AGGREGATIONS),
 )
+# Switches: true or false (absent from older checkpoints' configs: false).
+_SWITCHES = ("trainer.fit_schedule_to_budget",)
 
 
 def _type_problems(cfg: DictConfig) -> list[str]:
@@ -73,6 +75,10 @@ def _type_problems(cfg: DictConfig) -> list[str]:
         if value not in choices:
             shown = ", ".join("null" if c is None else str(c) for c in choices)
             problems.append(f"{key}={value!r}: choose one of {shown}")
+    for key in _SWITCHES:
+        value = OmegaConf.select(cfg, key, default=False)
+        if not isinstance(value, bool):
+            problems.append(f"{key}={value!r} must be true or false")
     return problems
 
 
