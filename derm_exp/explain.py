@@ -6,8 +6,9 @@ Research and education only; not a medical device. Do not use for diagnosis.
 as :mod:`derm_exp.predict` loads it. Each readable image gives ``<out>/<stem>_<method>.png``
 (image, heat map over it, top-3 classes, disclaimer); a folder adds ``contact_sheet.png``.
 Unreadable files are reported on stderr and skipped; the exit status is 1 only when none could
-be read. ``sanity=true`` adds the randomisation and class-sensitivity checks
-(:mod:`derm_exp.explanations.sanity`) on up to ``sanity_images`` images.
+be read. ``metadata=<csv>`` gives a metadata-fusion model each image's patient metadata (as
+:mod:`derm_exp.predict` reads it). ``sanity=true`` adds the randomisation and class-sensitivity
+checks (:mod:`derm_exp.explanations.sanity`) on up to ``sanity_images`` images.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from derm_exp.config import run_hydra_main
-from derm_exp.predict import find_images
+from derm_exp.predict import find_images, metadata_rows
 
 if TYPE_CHECKING:
     from derm_exp.explanations import Explanation
@@ -81,11 +82,18 @@ def explain_files(
     from derm_exp.explanations.figures import explanation_figure
 
     target = None if cfg.target is None else cfg.target
+    rows = metadata_rows(cfg, files) or [None] * len(files)
     done: list[ExplainedFile] = []
-    for path in tqdm(files, desc="explain", unit="img", disable=None if len(files) > 1 else True):
+    bar = tqdm(files, desc="explain", unit="img", disable=None if len(files) > 1 else True)
+    for path, row in zip(bar, rows, strict=True):
         try:
             exp = explain_image(
-                predictor, path, method=str(cfg.method), target=target, alpha=float(cfg.alpha)
+                predictor,
+                path,
+                method=str(cfg.method),
+                target=target,
+                alpha=float(cfg.alpha),
+                metadata=row,
             )
         except (BadImageError, PredictionInputError) as exc:
             log.warning("cannot read %s: %s", path, exc)

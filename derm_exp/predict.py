@@ -197,7 +197,7 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
     policy = loaded.model.abstention.with_overrides(_abstain_overrides(cfg))
     loaded.model.abstention = policy
     single = Path(cfg.image).expanduser().is_file()
-    metadata = _metadata(cfg, files)
+    metadata = metadata_rows(cfg, files)
     found = predict_files(
         loaded.model, files, int(cfg.batch_size), preset, progress=not single, metadata=metadata
     )
@@ -219,7 +219,7 @@ def predict(cfg: DictConfig, output_dir: str | Path) -> list[FilePrediction]:
     return found
 
 
-def _metadata(cfg: DictConfig, files: list[Path]) -> list[dict[str, Any] | None] | None:
+def metadata_rows(cfg: DictConfig, files: list[Path]) -> list[dict[str, Any] | None] | None:
     """Each file's row of the ``metadata=<csv>`` table (None: not listed), or None without."""
     if not cfg.get("metadata"):
         return None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -59,8 +61,11 @@ def explain_image(
     method: str = "gradcam",
     target: str | int | None = None,
     alpha: float = 0.45,
+    metadata: Mapping[str, Any] | None = None,
 ) -> Explanation:
-    """Explain ``predictor``'s output for one image (path, PIL image or array)."""
+    """Explain ``predictor``'s output for one image (path, PIL image or array), with its
+    patient ``metadata`` (``{"age": 55, "sex": "male", "localization": "back"}``) for a
+    metadata-fusion model, as :meth:`SkinLesionPredictor.predict` takes it."""
     if not isinstance(predictor, SkinLesionPredictor):
         raise ExplanationError(
             "explanations need one model, not an ensemble: give model=<one checkpoint, run id "
@@ -68,9 +73,11 @@ def explain_image(
         )
     rgb = to_rgb_image(image)
     x = predictor.preprocess(rgb)[None]
-    probs, _ = predictor.probabilities(x)
+    encoded = predictor.encode_metadata(None if metadata is None else [metadata], 1)
+    probs, _ = predictor.probabilities(x, metadata=encoded)
     index = target_index(predictor.classes, target, probs[0])
-    heatmap = explain_batch(predictor.eager_model, x, method=method, targets=[index])[0]
+    net = predictor.eager_model
+    heatmap = explain_batch(net, x, method=method, targets=[index], metadata=encoded)[0]
     box = input_box(rgb.size, predictor.data_config)
     return Explanation(
         method=method,

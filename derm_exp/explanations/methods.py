@@ -12,6 +12,10 @@ opencv, scipy and ttach. Every map is (H, W) at the batch's resolution, float32 
   percentile and scaled to [0, 1].
 * ``attention``: the ``acrnn`` head's own attention weights over the feature map, upsampled and
   divided by their maximum. It does not depend on the target class.
+
+A metadata-fusion model is explained with the encoded patient metadata it predicted with
+(``metadata``, (B, M)); without it, every image reads as "nothing known", as in prediction. The
+maps stay maps over the image: the metadata is a fixed extra input of the forward pass.
 """
 
 from __future__ import annotations
@@ -67,12 +71,19 @@ def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def _targets(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None) -> list[int]:
+def _extra(metadata: torch.Tensor | None) -> tuple[torch.Tensor, ...] | None:
+    """captum's ``additional_forward_args``: the metadata, when there is any."""
+    return None if metadata is None else (metadata,)
+
+
+def _targets(
+    model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None, metadata: torch.Tensor | None
+) -> list[int]:
     """The given targets (checked), or the argmax class of each image."""
     n_classes = getattr(getattr(model, "head", None), "num_classes", None)
     if targets is None or n_classes is None:
         with torch.no_grad():
-            logits = model(x)
+            logits = model(x) if metadata is None else model(x, metadata)
         n_classes = logits.shape[-1]
         if targets is None:
             return [int(i) for i in logits.argmax(-1).tolist()]
@@ -85,18 +96,25 @@ def _targets(model: nn.Module, x: torch.Tensor, targets: Sequence[int] | None) -
     return out
 
 
-def gradcam(model: nn.Module, x: torch.Tensor, targets: list[int]) -> torch.Tensor:
+def gradcam(
+    model: nn.Module, x: torch.Tensor, targets: list[int], metadata: torch.Tensor | None = None
+) -> torch.Tensor:
     """Grad-CAM maps (B, H, W) of ``targets`` at the last feature map."""
     from captum.attr import LayerGradCam
 
     _, layer = find_target_layer(model, (x.shape[-2], x.shape[-1]))
     cam = LayerGradCam(model, layer).attribute(
-        x.clone().requires_grad_(True), target=targets, relu_attributions=True
+        x.clone().requires_grad_(True),
+        target=targets,
+        additional_forward_args=_extra(metadata),
+        relu_attributions=True,
     )
     return _normalise_max(_upsample(cam[:, 0].detach().float(), x.shape[-2:]))
 
 
-def integrated_gradients(model: nn.Module, x: torch.Tensor, targets: list[int]) -> torch.Tensor:
+def integrated_gradients(
+    model: nn.Module, x: torch.Tensor, targets: list[int], metadata: torch.Tensor | None = None
+) -> torch.Tensor:
     """Integrated-gradients maps (B, H, W) of ``targets`` (see the module docstring)."""
     from captum.attr import IntegratedGradients
 
@@ -104,6 +122,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, targets: list[int]) 
         x.clone().requires_grad_(True),
         baselines=torch.zeros_like(x),
         target=targets,
+        additional_forward_args=_extra(metadata),
         n_steps=IG_STEPS,
         internal_batch_size=max(IG_STEPS, x.shape[0]),
     )
@@ -113,11 +132,16 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, targets: list[int]) 
     return _normalise_max(clipped)
 
 
-def attention(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The acrnn head's attention (B, H, W) over the feature map, upsampled."""
+def attention(
+    model: nn.Module, x: torch.Tensor, metadata: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The acrnn head's attention (B, H, W) over the feature map (after the metadata fusion,
+    which is what the head attends over), upsampled."""
     with torch.no_grad():
         features = feature_source(model).forward_features(x)
-        _, weights = model.head(features, return_attention=True)
+        fusion = getattr(model, "fusion", None)
+        head_input = features if fusion is None else fusion(features, metadata)
+        _, weights = model.head(head_input, return_attention=True)
     h, w = features.shape[-2:]
     return _normalise_max(_upsample(weights.float().reshape(-1, h, w), x.shape[-2:]))
 
@@ -128,9 +152,11 @@ def explain_batch(
     *,
     method: str = "gradcam",
     targets: Sequence[int] | None = None,
+    metadata: torch.Tensor | None = None,
 ) -> np.ndarray:
     """(B, H, W) float32 maps in [0, 1] at the batch's resolution; targets default to the argmax
-    class. ``batch``: preprocessed images (B, 3, H, W) as the model was validated on. The model
+    class. ``batch``: preprocessed images (B, 3, H, W) as the model was validated on;
+    ``metadata``: a metadata-fusion model's (B, M) encoded patient metadata. The model
     runs in fp32 eval mode and is left as it was (modes, ``requires_grad``, no hooks); calls are
     serialised by a process-wide lock, so threads may share one model."""
     check_method(model, method)
@@ -140,10 +166,26 @@ def explain_batch(
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         x = batch.detach().to(device, torch.float32)
+        meta = _metadata_batch(model, metadata, x)
         if method == "attention":
-            maps = attention(model, x)
+            maps = attention(model, x, meta)
         else:
-            classes = _targets(model, x, targets)
+            classes = _targets(model, x, targets, meta)
             explain = gradcam if method == "gradcam" else integrated_gradients
-            maps = explain(model, x, classes)
+            maps = explain(model, x, classes, meta)
     return maps.cpu().numpy().astype(np.float32)
+
+
+def _metadata_batch(
+    model: nn.Module, metadata: torch.Tensor | None, x: torch.Tensor
+) -> torch.Tensor | None:
+    """``metadata`` on the batch's device as fp32, checked against the batch; None for an
+    image-only model (which has nothing to fuse it with)."""
+    if metadata is None or getattr(model, "fusion", None) is None:
+        return None
+    if metadata.dim() != 2 or metadata.shape[0] != x.shape[0]:
+        raise ExplanationError(
+            f"metadata of shape {tuple(metadata.shape)} for a batch of {x.shape[0]} images: "
+            "expected (B, M) encoded metadata"
+        )
+    return metadata.detach().to(x.device, torch.float32)

@@ -176,9 +176,10 @@ def _add_routes(
             out.update(prepared.metadata.response())
         if explain:
             try:
-                out["explanation"] = await _explanation(batcher, loaded, pil, settings, result)
-                if out.get("metadata_used"):  # the heat map is drawn from the image alone
-                    out["explanation"]["metadata_used"] = False
+                record = None if prepared.metadata is None else prepared.metadata.record
+                out["explanation"] = await _explanation(
+                    batcher, loaded, (pil, record), settings, result
+                )
             except Exception as exc:  # noqa: BLE001 - the prediction stands without its map
                 if not isinstance(exc, RequestError):
                     log.exception("explanation failed")
@@ -201,14 +202,15 @@ async def _run(awaitable: Any) -> Any:
 async def _explanation(
     batcher: MicroBatcher,
     loaded: PredictionModel,
-    image: Any,
+    upload: tuple[Any, dict[str, str] | None],
     settings: ServiceSettings,
     result: dict[str, Any],
 ) -> dict[str, Any]:
-    """The heat map for the predicted class, computed on the model thread."""
-    job = batcher.run(
-        explaining.explain, loaded.model, image, settings.explain_method, result["predicted_class"]
-    )
+    """The heat map for the predicted class, computed on the model thread from the image and
+    its patient metadata (``upload``), as the prediction was."""
+    image, record = upload
+    method, target = settings.explain_method, result["predicted_class"]
+    job = batcher.run(explaining.explain, loaded.model, image, method, target, record)
     return await _run(asyncio.wait_for(job, settings.limits.request_timeout_s))
 
 

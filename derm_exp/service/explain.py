@@ -3,7 +3,8 @@
 Research and education only; not a medical device.
 
 The map comes from :func:`derm_exp.explanations.explain_image` (Grad-CAM by default) for the
-predicted class. It covers the centre crop the model sees; the PNG is sized like the upload (at
+predicted class, computed with the patient metadata the prediction used (a metadata-fusion
+model). It covers the centre crop the model sees; the PNG is sized like the upload (at
 most ``MAX_SIDE`` pixels a side) with the coloured map (matplotlib's ``jet``) placed on that
 crop and transparent elsewhere, so the web page lays it over the whole image and an opacity
 slider blends the two. An ensemble is explained through its first member.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -32,9 +34,14 @@ def explanations_available() -> bool:
 
 
 def explain(
-    model: Any, image: Image.Image, method: str, target: str | None = None
+    model: Any,
+    image: Image.Image,
+    method: str,
+    target: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``{method, target_class, member, heatmap_png}`` for one RGB image (runs the model)."""
+    """``{method, target_class, member, metadata_used, heatmap_png}`` for one RGB image and its
+    patient ``metadata`` (runs the model; a metadata-fusion model is explained with it)."""
     if not explanations_available():
         raise RequestError(501, "explanations are not available in this installation")
     from derm_exp.explanations import explain_image
@@ -49,13 +56,14 @@ def explain(
         )
     from derm_exp.explanations.overlay import input_box
 
-    result = explain_image(predictor, image, method=method, target=target)
+    result = explain_image(predictor, image, method=method, target=target, metadata=metadata)
     box = input_box(image.size, predictor.data_config)
     heatmap = np.asarray(result.heatmap, dtype=np.float64)
     return {
         "method": result.method,
         "target_class": result.target_class,
         "member": member,
+        "metadata_used": bool(metadata) and predictor.metadata_encoder is not None,
         "heatmap_png": heatmap_png(heatmap, image.size, box),
     }
 

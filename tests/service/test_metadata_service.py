@@ -123,6 +123,15 @@ def test_predict_without_metadata_is_the_predictor_with_none(
     assert empty.json()["metadata_used"] is False
 
 
+def test_the_heat_map_is_explained_with_the_requests_metadata(meta_client, uploads) -> None:
+    with_meta = _post(meta_client, uploads[2], {**FORM_FULL, "explain": "true"}).json()
+    assert "explanation_error" not in with_meta, with_meta.get("explanation_error")
+    assert with_meta["explanation"]["metadata_used"] is True
+    assert with_meta["explanation"]["target_class"] == with_meta["predicted_class"]
+    without = _post(meta_client, uploads[2], {"explain": "true"}).json()
+    assert without["explanation"]["metadata_used"] is False
+
+
 def test_some_fields_and_an_unseen_body_site(meta_client, meta_loaded, uploads) -> None:
     classes = meta_loaded.model.classes
     some = _post(meta_client, uploads[2], {"localization": " Back"}).json()
