@@ -50,9 +50,10 @@ def _tiles(
     indices: list[int],
     classes: Sequence[str],
     method: str,
+    metadata: np.ndarray | None = None,
 ) -> tuple[list[Tile], torch.Tensor, list[int]]:
-    """Overlays of the images at ``indices`` (unreadable ones left out), their batch and the
-    indices kept."""
+    """Overlays of the images at ``indices`` (unreadable ones left out; a metadata model's maps
+    with their rows of ``metadata``), their batch and the indices kept."""
     data_config = model.data_config
     transform = build_eval_transform(data_config)
     images, kept = [], []
@@ -65,7 +66,10 @@ def _tiles(
     if not images:
         return [], torch.empty(0), []
     batch = torch.stack([transform(im) for im in images])
-    maps = explain_batch(model, batch, method=method, targets=probs[kept].argmax(1).tolist())
+    targets = probs[kept].argmax(1).tolist()
+    maps = explain_batch(
+        model, batch, method=method, targets=targets, metadata=_rows(metadata, kept)
+    )
     tiles = []
     for image, heat, i in zip(images, maps, kept, strict=True):
         pred = int(probs[i].argmax())
@@ -81,15 +85,20 @@ def _tiles(
     return tiles, batch, kept
 
 
-def _spread(batch: torch.Tensor, kept: list[int], labels: np.ndarray) -> torch.Tensor:
-    """The batch reordered round-robin over classes, so its first images cover many classes."""
+def _rows(metadata: np.ndarray | None, indices: list[int]) -> torch.Tensor | None:
+    """The encoded metadata of the test images at ``indices`` (None for an image-only run)."""
+    return None if metadata is None else torch.from_numpy(np.asarray(metadata)[indices])
+
+
+def _spread(kept: list[int], labels: np.ndarray) -> list[int]:
+    """Positions in ``kept`` ordered round-robin over classes, so the first cover many classes."""
     by_class: dict[int, list[int]] = {}
     for row, i in enumerate(kept):
         by_class.setdefault(int(labels[i]), []).append(row)
     rows, queues = [], list(by_class.values())
     while any(queues):
         rows += [q.pop(0) for q in queues if q]
-    return batch[rows]
+    return rows
 
 
 def log_explanation_gallery(
@@ -99,8 +108,11 @@ def log_explanation_gallery(
     probs: np.ndarray,
     classes: Sequence[str],
     settings: Mapping[str, Any],
+    metadata: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Log the gallery and the sanity figures to the active MLflow run; return the metrics.
+    ``metadata``: the test images' encoded patient metadata (rows as ``paths``) of a
+    metadata-fusion run, explained with it.
 
     ``settings``: ``per_class`` (right and wrong images per class), ``method`` (gradcam, ...;
     ``attention`` falls back to gradcam for heads without attention), ``sanity_images``.
@@ -114,7 +126,7 @@ def log_explanation_gallery(
     labels, probs = np.asarray(labels, dtype=int), np.asarray(probs, dtype=np.float64)
     picked = pick_examples(labels, probs, int(settings.get("per_class", 2)))
     order = [i for indices in picked.values() for i in indices]
-    tiles, batch, kept = _tiles(model, paths, labels, probs, order, classes, method)  # 1 batch
+    tiles, batch, kept = _tiles(model, paths, labels, probs, order, classes, method, metadata)
     for c in picked:
         shown = [t for t, i in zip(tiles, kept, strict=True) if labels[i] == c]
         if not shown:
@@ -126,7 +138,9 @@ def log_explanation_gallery(
     n_sanity = int(settings.get("sanity_images", 8))
     if not tiles or n_sanity <= 0:
         return {}
-    report = sanity_check(model, _spread(batch, kept, labels)[:n_sanity], method=method)
+    rows = _spread(kept, labels)[:n_sanity]
+    meta = _rows(metadata, [kept[r] for r in rows])
+    report = sanity_check(model, batch[rows], method=method, metadata=meta)
     metrics = report.metrics()
     mlflow.log_metrics(metrics)
     figure = sanity_figure(report)
@@ -157,6 +171,7 @@ def log_training_gallery(
     labels: np.ndarray,
     probs: np.ndarray,
     classes: Sequence[str],
+    metadata: np.ndarray | None = None,
 ) -> dict[str, float]:
     """:func:`log_explanation_gallery` at the end of a training run when ``cfg.explain.gallery``
     is on. A failure costs the gallery (a warning and tag ``derm_exp.explain_gallery_error``),
@@ -165,7 +180,7 @@ def log_training_gallery(
     if not settings.get("gallery", False):
         return {}
     try:
-        return log_explanation_gallery(model, paths, labels, probs, classes, settings)
+        return log_explanation_gallery(model, paths, labels, probs, classes, settings, metadata)
     except Exception as exc:  # noqa: BLE001 - optional figures must not lose a trained model
         import mlflow
 

@@ -95,12 +95,16 @@ def _reinitialise(module: nn.Module) -> None:
             reset_stats()
 
 
-def _top_two(model: nn.Module, batch: torch.Tensor) -> tuple[list[int], list[int]]:
+def _top_two(
+    model: nn.Module, batch: torch.Tensor, metadata: torch.Tensor | None
+) -> tuple[list[int], list[int]]:
     param = next(model.parameters())
     was = model.training
     model.eval()
+    x = batch.to(param.device, torch.float32)
     with torch.no_grad():
-        order = model(batch.to(param.device, torch.float32)).argsort(-1, descending=True)
+        logits = model(x) if metadata is None else model(x, metadata.to(param.device))
+        order = logits.argsort(-1, descending=True)
     model.train(was)
     return order[:, 0].tolist(), order[:, 1].tolist()
 
@@ -112,21 +116,24 @@ def sanity_check(
     method: str = "gradcam",
     targets: Sequence[int] | None = None,
     seed: int = 0,
+    metadata: torch.Tensor | None = None,
 ) -> SanityReport:
-    """Both checks on a preprocessed batch (B, 3, H, W); ``model`` itself is not changed (the
-    randomised copies are deep copies). ``targets`` default to each image's top class."""
+    """Both checks on a preprocessed batch (B, 3, H, W) (with a metadata-fusion model's (B, M)
+    encoded ``metadata``); ``model`` itself is not changed (the randomised copies are deep
+    copies). ``targets`` default to each image's top class."""
     check_method(model, method)
-    top, second = _top_two(model, batch)
+    meta = metadata if getattr(model, "fusion", None) is not None else None
+    top, second = _top_two(model, batch, meta)
     targets = list(targets) if targets is not None else top
-    trained = explain_batch(model, batch, method=method, targets=targets)
-    other = explain_batch(model, batch, method=method, targets=second)
+    trained = explain_batch(model, batch, method=method, targets=targets, metadata=meta)
+    other = explain_batch(model, batch, method=method, targets=second, metadata=meta)
     randomised = copy.deepcopy(model)
     cascade = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for name, group in cascade_groups(randomised):
             _reinitialise(group)
-            maps = explain_batch(randomised, batch, method=method, targets=targets)
+            maps = explain_batch(randomised, batch, method=method, targets=targets, metadata=meta)
             cascade.append((name, mean_spearman(trained, maps)))
     del randomised
     return SanityReport(

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from derm_exp.models.checkpoint import save_checkpoint
 from derm_exp.training import distributed
+from derm_exp.training.budget_fit import epochs_to_run
 from derm_exp.training.data_setup import skipped_images
 from derm_exp.training.hooks import TrialPruned, run_epoch_end_hooks
 from derm_exp.training.rng import rng_state
@@ -110,8 +111,11 @@ def log_epoch(
 
 def should_stop(cfg: DictConfig, state: RunState, epoch: int) -> str | None:
     """Early stopping (``trainer.early_stopping_patience``) or the time budget: the next epoch,
-    at the mean epoch time so far, would end past ``trainer.max_time_minutes``."""
+    at the mean epoch time so far, would end past ``trainer.max_time_minutes``. Neither after
+    the run's last epoch (``trainer.max_epochs`` or the fitted length), which ends it anyway."""
     trainer = cfg.trainer
+    if state.epoch >= epochs_to_run(cfg, state.fitted):
+        return None
     if state.stale_epochs >= int(trainer.early_stopping_patience):
         log.info(
             "early stopping: %s has not improved for %d epochs", trainer.monitor, state.stale_epochs

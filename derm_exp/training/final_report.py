@@ -160,7 +160,8 @@ def final_report(
         extra_figures={"training_curves": curves},
         title="Test",
     )
-    log_training_gallery(cfg, model, loaders.test.dataset.paths, test_labels, probs, CLASSES)
+    test = loaders.test.dataset
+    log_training_gallery(cfg, model, test.paths, test_labels, probs, CLASSES, test.metadata)
     log.info(
         "test: balanced accuracy %.4f, macro-F1 %.4f, ECE %.4f -> %.4f (T=%.2f)",
         result["balanced_accuracy"],

@@ -116,3 +116,25 @@ def test_the_explain_cli_reads_a_metadata_csv(tmp_path: Path) -> None:
         "img1_gradcam.png",
         "contact_sheet.png",
     }
+
+
+def test_the_training_gallery_explains_test_images_with_their_metadata(tmp_path: Path) -> None:
+    import mlflow
+
+    from derm_exp.explanations.gallery import log_explanation_gallery
+
+    model = _fusion_model("film", "simple")
+    paths = [str(_photo(tmp_path / f"t{i}.png", i)) for i in range(4)]
+    labels = np.array([0, 0, 1, 1])
+    probs = np.full((4, 7), 0.1)
+    probs[[0, 1, 2, 3], [0, 1, 1, 0]] = 0.4  # two right, two wrong
+    metadata = ENCODER.encode_records([OLD, YOUNG, None, OLD])
+    settings = {"per_class": 1, "method": "gradcam", "sanity_images": 4}
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    mlflow.set_experiment("gallery")
+    with mlflow.start_run() as run:
+        classes = [f"c{i}" for i in range(7)]
+        metrics = log_explanation_gallery(model, paths, labels, probs, classes, settings, metadata)
+    assert set(metrics) >= {"explain/randomisation_spearman", "explain/class_sensitivity_spearman"}
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "explanations")}
+    assert {"explanations/gallery_c0.png", "explanations/sanity.json"} <= logged

@@ -167,6 +167,7 @@ def test_training_stops_at_the_fitted_length_on_an_annealed_lr(
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.tags["derm_exp.fitted_epochs"] == "2"
+    assert "derm_exp.stopped_by" not in run.data.tags  # it ran to its (fitted) end
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/loss")] == [1, 2]
     lrs = [m.value for m in client.get_metric_history(run.info.run_id, "lr")]
     assert lrs[-1] < 0.05 * float(tiny_cfg.optimizer.lr)  # the fitted last cycle annealed
