@@ -178,7 +178,7 @@ def _add_routes(
             try:
                 record = None if prepared.metadata is None else prepared.metadata.record
                 out["explanation"] = await _explanation(
-                    batcher, loaded, (pil, record), settings, result
+                    batcher, loaded, pil, record, settings, result
                 )
             except Exception as exc:  # noqa: BLE001 - the prediction stands without its map
                 if not isinstance(exc, RequestError):
@@ -202,13 +202,13 @@ async def _run(awaitable: Any) -> Any:
 async def _explanation(
     batcher: MicroBatcher,
     loaded: PredictionModel,
-    upload: tuple[Any, dict[str, str] | None],
+    image: Any,
+    record: dict[str, str] | None,
     settings: ServiceSettings,
     result: dict[str, Any],
 ) -> dict[str, Any]:
     """The heat map for the predicted class, computed on the model thread from the image and
-    its patient metadata (``upload``), as the prediction was."""
-    image, record = upload
+    its patient metadata ``record``, as the prediction was."""
     method, target = settings.explain_method, result["predicted_class"]
     job = batcher.run(explaining.explain, loaded.model, image, method, target, record)
     return await _run(asyncio.wait_for(job, settings.limits.request_timeout_s))

@@ -59,13 +59,12 @@ def fit_schedule(cfg: DictConfig, epochs_done: int, elapsed_s: float) -> FittedS
         return None
     log.info(
         "time budget: epoch 1 took %.0f s, so %d of trainer.max_epochs=%d epochs fit in "
-        "trainer.max_time_minutes=%g; the LR schedule is compressed to %d epochs "
+        "trainer.max_time_minutes=%g; the LR schedule is compressed to them "
         "(trainer.fit_schedule_to_budget)",
         elapsed_s,
         fit,
         max_epochs,
         float(t.max_time_minutes),
-        fit,
     )
     return FittedSchedule(fit, max_epochs, float(t.max_time_minutes))
 
@@ -92,10 +91,8 @@ def restore_fitted(cfg: DictConfig, saved: dict[str, Any] | None) -> FittedSched
         int(saved["epochs"]), int(saved["max_epochs"]), float(saved["max_time_minutes"])
     )
     t = cfg.trainer
-    same_budget = t.max_time_minutes is not None and float(t.max_time_minutes) == (
-        fitted.max_time_minutes
-    )
-    if int(t.max_epochs) != fitted.max_epochs or not same_budget:
+    budget = None if t.max_time_minutes is None else float(t.max_time_minutes)
+    if (int(t.max_epochs), budget) != (fitted.max_epochs, fitted.max_time_minutes):
         log.info(
             "resume changes trainer.max_epochs or trainer.max_time_minutes: the LR schedule "
             "fitted to %d epochs is dropped and follows the new limits",

@@ -6,9 +6,7 @@ import itertools
 import math
 from pathlib import Path
 
-import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, open_dict
 
 from derm_exp.models.checkpoint import load_checkpoint
@@ -19,6 +17,7 @@ from derm_exp.training.schedulers import build_scheduler
 from derm_exp.training.stages import StageOptimizers
 from tests.conftest import compose_train
 from tests.training.test_schedulers import BASE_LR, STEPS, _lrs, _optimizer, _TwoPart
+from tests.training.test_train_e2e import _only_run
 
 CYCLES = ["scheduler=cosine_warmup", "scheduler.warmup_epochs=0", "scheduler.cycle_epochs=1"]
 
@@ -161,10 +160,7 @@ def test_training_stops_at_the_fitted_length_on_an_annealed_lr(
         tiny_cfg.registry.enabled = False
     trainer.fit(tiny_cfg, tmp_path / "out")
 
-    mlflow.set_tracking_uri(tiny_cfg.tracking.uri)
-    client = MlflowClient()
-    exp = client.get_experiment_by_name(tiny_cfg.tracking.experiment_name)
-    (run,) = client.search_runs([exp.experiment_id])
+    client, run = _only_run(tiny_cfg)
     assert run.info.status == "FINISHED"
     assert run.data.tags["derm_exp.fitted_epochs"] == "2"
     assert "derm_exp.stopped_by" not in run.data.tags  # it ran to its (fitted) end
