@@ -68,6 +68,7 @@ _JOB_STOP = "the job was stopped (SIGTERM: scancel, its time limit or preemption
 # ignored in ..."), so the training loop asks again with raise_if_stopped() at every batch and
 # before the epoch-end hooks (a pruning report after a cancel).
 _STOPPED: list[Callable[[], BaseException]] = []
+_DEFERRED: list[bool] = []  # after defer_stops() / inside stops_deferred(): record, no raise
 
 
 def install_signal_handlers(scheduler_job: bool = False) -> None:
@@ -90,10 +91,30 @@ def install_signal_handlers(scheduler_job: bool = False) -> None:
         else:
             kind, message = (JobStopped, _JOB_STOP) if scheduler_job else (PeerFailure, _PEER_STOP)
             _STOPPED[:] = [functools.partial(kind, message)]
-        raise_if_stopped()
+        if not _DEFERRED:
+            raise_if_stopped()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+
+
+def defer_stops() -> None:
+    """From now on a SIGTERM or Ctrl-C is recorded (for :func:`raise_if_stopped`), not raised:
+    a DDP process whose peer died is already stopping, and the launcher's SIGTERM that follows
+    must not cut its cleanup short (raised inside ``mlflow.end_run`` it once left the run
+    RUNNING instead of FAILED)."""
+    _DEFERRED[:] = [True]
+
+
+@contextlib.contextmanager
+def stops_deferred() -> Iterator[None]:
+    """:func:`defer_stops` for the block only (a cleanup that must finish)."""
+    before = list(_DEFERRED)
+    _DEFERRED[:] = [True]
+    try:
+        yield
+    finally:
+        _DEFERRED[:] = before
 
 
 def raise_if_stopped() -> None:

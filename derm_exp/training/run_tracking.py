@@ -117,7 +117,8 @@ def run_outcome(cfg: DictConfig, run_id: str, paths: CheckpointPaths) -> Iterato
             f"{recovery_hint(paths)}"
         ) from exc
     finally:
-        _end(run_id, outcome.status)
+        with distributed.stops_deferred():
+            _end(run_id, outcome.status)
 
 
 def _end(run_id: str, status: str) -> None:

@@ -138,6 +138,9 @@ def _peer_failures(run_id: str | None, paths: CheckpointPaths) -> Iterator[None]
         failure = distributed.as_peer_failure(exc)
         if failure is None:
             raise
+        # This process is on its way out; torchrun's SIGTERM, sent a moment after a peer's
+        # death, must not interrupt marking the run or printing the one error line.
+        distributed.defer_stops()
         if run_id is None:  # a non-zero rank: rank 0 reports
             raise failure from None
         where = "No epoch had completed: nothing to resume, rerun once fixed."

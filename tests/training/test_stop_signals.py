@@ -27,6 +27,7 @@ def handlers() -> Iterator[None]:
     for sig, handler in saved.items():
         signal.signal(sig, handler)
     distributed._STOPPED.clear()
+    distributed._DEFERRED.clear()
 
 
 class _SignalledInFinalizer:
@@ -61,5 +62,31 @@ def test_without_a_job_scheduler_the_ddp_stop_is_a_peer_failure(handlers: None) 
     distributed.install_signal_handlers()
     with pytest.raises(distributed.PeerFailure, match="stopped by the launcher"):
         os.kill(os.getpid(), signal.SIGTERM)
-        for _ in range(1000):  # the handler runs between two bytecodes of the main thread
-            pass
+        _spin()
+
+
+def _spin() -> None:
+    for _ in range(1000):  # the handler runs between two bytecodes of the main thread
+        pass
+
+
+def test_a_sigterm_during_a_deferred_cleanup_is_recorded_not_raised(handlers: None) -> None:
+    """torchrun SIGTERMs a survivor just after its collective failed: marking the MLflow run
+    FAILED must finish (it once left the run RUNNING)."""
+    distributed.install_signal_handlers()
+    with distributed.stops_deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+        _spin()
+        finished = True
+    assert finished
+    with pytest.raises(distributed.PeerFailure, match="stopped by the launcher"):
+        distributed.raise_if_stopped()  # remembered for the next batch
+
+
+def test_after_a_peer_failure_every_later_stop_is_deferred(handlers: None) -> None:
+    distributed.install_signal_handlers()
+    distributed.defer_stops()
+    os.kill(os.getpid(), signal.SIGINT)
+    _spin()
+    with pytest.raises(KeyboardInterrupt):
+        distributed.raise_if_stopped()
