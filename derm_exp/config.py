@@ -27,7 +27,7 @@ _NOT_USED_BY = {
 }
 
 # Autocast settings (trainer.amp, the predictor's amp); resolved by runtime.resolve_precision.
-AMP_MODES = ("auto", "bf16", "fp16", "off")
+AMP_MODES = ("auto", "fast", "bf16", "fp16", "off")
 
 _OVERRIDE = re.compile(r"^(?P<prefix>\+{0,2}|~)(?P<key>[A-Za-z_][\w.]*)(?P<rest>=.*)?$")
 

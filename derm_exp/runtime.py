@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ import torch
 
 from derm_exp.config import AMP_MODES
 from derm_exp.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -68,15 +71,35 @@ class Precision:
         return torch.autocast(device_type=device.type, dtype=self.dtype)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Without either, oneDNN
+    emulates it: the cpu_1h train step ran 10x slower in bf16 than in fp32 on an AVX2 CPU
+    (docs/RESULTS.md). torch has no public API for this, only its private ``torch.cpu._is_*``
+    probes; a torch without them counts as no native bf16 (the safe answer: fp32)."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def resolve_precision(amp: str, device: torch.device) -> Precision:
-    """``auto``: bf16 on CUDA (fp16 + GradScaler where bf16 is unsupported), fp32 elsewhere."""
+    """``auto``: bf16 on CUDA (fp16 + GradScaler where bf16 is unsupported), fp32 elsewhere.
+    ``fast``: as ``auto``, and bf16 also on a CPU that computes it natively."""
     amp = str(amp).lower()
     if amp not in AMP_MODES:
-        raise ValueError(f"trainer.amp={amp!r}: choose auto, bf16, fp16 or off")
+        raise ValueError(f"trainer.amp={amp!r}: choose {', '.join(AMP_MODES)}")
+    if amp == "fast":
+        native = device.type == "cpu" and cpu_has_native_bf16()
+        amp = "bf16" if native else "auto"
+        if device.type == "cpu":
+            log.info("amp=fast: %s on this CPU (native bf16: %s)", amp if native else "off", native)
     if amp == "off" or (amp == "auto" and device.type != "cuda"):
         return Precision(None, False)
     if amp == "auto":
         amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if amp == "fp16":
         return Precision(torch.float16, device.type == "cuda")
+    if device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning(
+            "bf16 autocast on a CPU without native bf16 (AVX512-BF16 / AMX) is emulated and "
+            "can be several times slower than fp32: use amp=fast (bf16 only where native) or off"
+        )
     return Precision(torch.bfloat16, False)

@@ -28,8 +28,8 @@ def compile_for_inference(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def predictor_precision(amp: str, device: torch.device) -> Precision:
-    """Autocast settings for inference from ``amp`` (off | bf16 | fp16 | auto)."""
+    """Autocast settings for inference from ``amp`` (off | bf16 | fp16 | auto | fast)."""
     try:
         return resolve_precision(amp, device)
     except ValueError:
-        raise PredictionInputError(f"amp={amp!r}: choose off, bf16, fp16 or auto") from None
+        raise PredictionInputError(f"amp={amp!r}: choose off, bf16, fp16, auto or fast") from None
