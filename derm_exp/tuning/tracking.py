@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mlflow.entities import Run
+from mlflow.entities import Run, RunTag
 from mlflow.tracking import MlflowClient
 
 from derm_exp.tracking.callbacks import MultirunCallback
@@ -99,6 +99,18 @@ class TrialRuns:
         return runs[0] if runs else None
 
 
+def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set ``tags`` on a run that other sweepers of the same study may tag at the same moment.
+
+    ``MlflowClient.set_tag`` is a select-then-insert in MLflow's SQL store: two sweepers setting
+    one new key at once made PostgreSQL raise UniqueViolation (tag_pk) through the server.
+    ``log_batch`` goes through the store's ``_set_tags``, which retries on exactly that.
+    """
+    items = [RunTag(str(k), str(v)) for k, v in tags.items()]
+    for start in range(0, len(items), 100):  # MLflow's limit of tags per batch
+        client.log_batch(run_id, tags=items[start : start + 100])
+
+
 class StudyRun(TrialRuns):
     """The study's parent run: created on the first sweep, reopened when the study resumes."""
 
@@ -125,22 +137,21 @@ class StudyRun(TrialRuns):
                 tags={KIND_TAG: STUDY_KIND, "optuna_study": study_name},
             )
             self.run_id = run.info.run_id
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, value)
+        set_tags(self.client, self.run_id, tags)
 
     def link_trial(self, number: int) -> str | None:
         """Nest trial ``number``'s run under the study run; its run id (None if it never began)."""
         run = self.trial_run(number)
         if run is None:
             return None
-        self.client.set_tag(run.info.run_id, "mlflow.parentRunId", self.run_id)
+        set_tags(self.client, run.info.run_id, {"mlflow.parentRunId": self.run_id})
         return run.info.run_id
 
     def end_dead_trial(self, number: int) -> None:
         """A trial whose process died leaves its run RUNNING: mark it FAILED."""
         run = self.trial_run(number)
         if run is not None and run.info.status == "RUNNING":
-            self.client.set_tag(run.info.run_id, "mlflow.parentRunId", self.run_id)
+            set_tags(self.client, run.info.run_id, {"mlflow.parentRunId": self.run_id})
             self.client.set_terminated(run.info.run_id, status="FAILED")
 
     def log_trial(self, number: int, objective: str, value: float, degenerate: bool) -> None:
@@ -161,8 +172,7 @@ class StudyRun(TrialRuns):
         """Best trial so far: tags ``best.*`` (updatable across resumes), metric and artifacts."""
         tags = {"best.trial": number, "best.value": value}
         tags.update({f"best.{k}": v for k, v in params.items()})
-        for key, tag in tags.items():
-            self.client.set_tag(self.run_id, key, str(tag))
+        set_tags(self.client, self.run_id, tags)
         self.client.log_metric(self.run_id, f"best/{objective}", value, step=finished)
         self.client.log_text(
             self.run_id,
