@@ -104,11 +104,10 @@ def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None
 
     ``MlflowClient.set_tag`` is a select-then-insert in MLflow's SQL store: two sweepers setting
     one new key at once made PostgreSQL raise UniqueViolation (tag_pk) through the server.
-    ``log_batch`` goes through the store's ``_set_tags``, which retries on exactly that.
+    ``log_batch`` goes through the store's ``_set_tags``, which retries on exactly that (and it
+    splits more than 100 tags into several batches itself).
     """
-    items = [RunTag(str(k), str(v)) for k, v in tags.items()]
-    for start in range(0, len(items), 100):  # MLflow's limit of tags per batch
-        client.log_batch(run_id, tags=items[start : start + 100])
+    client.log_batch(run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
 
 
 class StudyRun(TrialRuns):
