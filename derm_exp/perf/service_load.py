@@ -124,36 +124,46 @@ def figures(runs: list[Run]) -> dict[str, Any]:
 
 
 async def _load(url: str, image: bytes, clients: int, n: int, tta: str) -> tuple[list, float, int]:
-    """``n`` uploads from ``clients`` concurrent workers; (latencies, wall seconds, errors)."""
-    import httpx
+    """``n`` uploads from ``clients`` concurrent workers; (latencies, wall seconds, errors).
+
+    aiohttp, not httpx: the generator shares the server's cores, and per upload it took 1.1–1.6
+    ms of CPU against httpx's 4.9–5.5 ms (measured here against one server, 96 uploads)."""
+    import aiohttp
 
     latencies: list[float] = []
     errors = 0
     todo = iter(range(n))
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as session:
 
         async def worker() -> None:
             nonlocal errors
             for _ in todo:
+                form = aiohttp.FormData()
+                form.add_field("image", image, filename="image.jpg", content_type="image/jpeg")
+                form.add_field("tta", tta)
                 started = time.perf_counter()
-                response = await client.post(
-                    "/predict",
-                    files={"image": ("image.jpg", image, "image/jpeg")},
-                    data={"tta": tta},
-                )
+                async with session.post("/predict", data=form) as response:
+                    await response.read()
                 latencies.append(time.perf_counter() - started)
-                errors += response.status_code != 200
+                errors += response.status != 200
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         return latencies, time.perf_counter() - started, errors
 
 
-def _stats(url: str) -> tuple[int, int]:
-    import httpx
+def _health(url: str, timeout: float) -> dict[str, Any]:
+    """``GET /health`` (stdlib: httpx is only a test dependency)."""
+    import urllib.request
 
-    batching = httpx.get(f"{url}/health", timeout=30).json()["batching"]
+    with urllib.request.urlopen(f"{url}/health", timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def _stats(url: str) -> tuple[int, int]:
+    batching = _health(url, 30)["batching"]
     return int(batching["batches"]), int(batching["requests"])
 
 
@@ -244,8 +254,6 @@ def start_server(args: list[str], log: Path, startup_s: float = 300.0) -> tuple[
     """``python -m derm_exp.serve <args>`` on a free port, once ``/health`` answers."""
     import subprocess
 
-    import httpx
-
     port = free_port()
     with log.open("w") as out:
         proc = subprocess.Popen(
@@ -259,9 +267,9 @@ def start_server(args: list[str], log: Path, startup_s: float = 300.0) -> tuple[
         if proc.poll() is not None:
             raise LoadError(f"derm_exp.serve exited {proc.returncode}: {log.read_text()[-2000:]}")
         try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
+            _health(url, 2)
+            return proc, url
+        except (OSError, ValueError):  # URLError/HTTPError/refused are OSErrors
             time.sleep(0.5)
     stop_server(proc)
     raise LoadError(f"derm_exp.serve did not start in {startup_s:.0f} s (log: {log})")
