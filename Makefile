@@ -26,7 +26,7 @@ demo: $(STAMP)  ## Train the demo model on a generated HAM10000-format dataset a
 	$(BIN)/python -m derm_exp.train experiment=demo $(ARGS)
 
 test: $(STAMP)  ## Run the test suite
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup $(ARGS)
 
 train: $(STAMP)  ## Train with overrides: make train ARGS="model=efficientnet_v2_s data.root=data/HAM10000"
 	$(BIN)/python -m derm_exp.train $(ARGS)

@@ -20,6 +20,7 @@ from derm_exp.config import CONF_DIR, normalize_overrides  # noqa: E402
 from tests.demo_run import DemoRun, train_demo_run  # noqa: E402
 from tests.options_run import OptionsRun, train_options_run  # noqa: E402
 from tests.tiny import tiny  # noqa: E402
+from tests.worker_groups import assign_groups, worker_count  # noqa: E402
 
 
 def compose_train(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
@@ -60,3 +61,16 @@ def tiny_cfg(tmp_path: Path, demo_data: Path) -> DictConfig:
         cfg.tracking.uri = f"sqlite:///{tmp_path}/mlflow.db"
         cfg.tracking.artifact_root = str(tmp_path / "mlruns")
     return cfg
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the marks into its groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (``make test``), group the tests (tests/worker_groups.py)."""
+    if config.pluginmanager.hasplugin("xdist") and config.getoption("dist", "no") == "loadgroup":
+        assign_groups(items)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; plain pytest has no such hook
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: tests/worker_groups.py's worker count."""
+    return worker_count()
