@@ -123,6 +123,8 @@ class BestCheckpoint(CheckpointMeta):
     selective-prediction threshold fitted on the validation split after the temperature
     (:func:`derm_exp.evaluation.selective.fit_threshold`: ``threshold``, ``target``, the
     ``coverage``/``risk`` it gives there, ``max_view_std`` and the input-quality limits).
+    ``logit_adjustment`` (optional) records the offsets already folded into ``model``'s output
+    bias (:mod:`derm_exp.training.logit_adjustment`: ``tau``, ``training_prior``, ``offsets``).
     """
 
     model: dict[str, torch.Tensor]
@@ -131,6 +133,7 @@ class BestCheckpoint(CheckpointMeta):
     best: dict[str, Any]
     temperature: NotRequired[float]
     abstention: NotRequired[dict[str, Any]]
+    logit_adjustment: NotRequired[dict[str, Any]]
 
 
 class LatestCheckpoint(CheckpointMeta):

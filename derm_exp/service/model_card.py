@@ -4,9 +4,11 @@ Research and education only; not a medical device.
 
 Everything comes from the model's own checkpoint(s) (:func:`checkpoint_metadata`): classes,
 architecture, preprocessing, the training data's split fingerprint, the validation score it was
-selected on, the calibration temperature, when the checkpoint stores one the abstention
-threshold, and whether the model takes patient metadata (its fields, the values its stored
-encoder saw in training, how missing values count; see :mod:`derm_exp.service.metadata`).
+selected on, the calibration temperature, the logit adjustment folded into the weights (tau and
+the training class mix it undoes; ``trainer.logit_adjustment``), when the checkpoint stores
+one the abstention threshold, and whether the model takes patient metadata (its fields, the
+values its stored encoder saw in training, how missing values count; see
+:mod:`derm_exp.service.metadata`).
 Test metrics live in the training run, so they are read from MLflow when the model was named
 by run id or ``models:/`` URI (a checkpoint path has no store to ask).
 """
@@ -86,6 +88,8 @@ def _member_card(predictor: SkinLesionPredictor) -> dict[str, Any]:
         },
         "test_metrics": _test_metrics(predictor),
         "temperature": float(predictor.temperature),
+        # Offsets already in the weights (trainer.logit_adjustment): None when there are none.
+        "logit_adjustment": _logit_adjustment(ck),
         "abstention": _abstention(ck),
     }
 
@@ -134,3 +138,11 @@ def _test_metrics(predictor: SkinLesionPredictor) -> dict[str, float] | None:
         for k, v in sorted(metrics.items())
         if k.startswith("test/")
     }
+
+
+def _logit_adjustment(ck: dict) -> dict | None:
+    """``tau`` and the training class mix of the checkpoint's logit adjustment, or None."""
+    adjustment = ck.get("logit_adjustment")
+    if not adjustment:
+        return None
+    return {"tau": adjustment["tau"], "training_prior": adjustment["training_prior"]}

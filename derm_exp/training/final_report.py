@@ -36,7 +36,9 @@ from derm_exp.models.checkpoint import load_checkpoint, save_checkpoint
 from derm_exp.training import abstention_fit
 from derm_exp.training.data_setup import Loaders, skipped_images
 from derm_exp.training.diagnosis import FitDiagnosis, diagnose
+from derm_exp.training.logit_adjustment import adjust_on_validation, log_adjustment
 from derm_exp.training.loop import StepContext, predict_logits
+from derm_exp.training.losses import loss_class_weights
 from derm_exp.training.selection import warn_if_degenerate
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,34 @@ def log_fit_diagnosis(diagnosis: FitDiagnosis) -> None:
     log.info("%s", diagnosis.summary())
 
 
+def calibrate_on_validation(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    ck: dict,
+    best_path: Path,
+    val: tuple[np.ndarray, np.ndarray],
+    train_labels: np.ndarray,
+) -> tuple[float, dict, dict | None]:
+    """On validation only (never test labels): the logit adjustment (``trainer.logit_adjustment``,
+    folded into ``model``'s head), then the temperature and the abstention threshold; all saved
+    in the best checkpoint. Returns ``(temperature, abstention, adjustment or None)``."""
+    val_logits, val_labels = val
+    weights = loss_class_weights(cfg.loss, train_labels)
+    val_logits, adjustment = adjust_on_validation(
+        cfg, model, val_logits, val_labels, train_labels, weights
+    )
+    temperature = fit_temperature(val_logits, val_labels)
+    abstention = abstention_fit.fit_abstention(
+        abstention_fit.abstain_settings(cfg), apply_temperature(val_logits, temperature), val_labels
+    )
+    saved = {**ck, "temperature": temperature, "abstention": abstention}
+    if adjustment is not None:
+        saved |= {"model": model.state_dict(), "logit_adjustment": adjustment}
+        log_adjustment(adjustment)
+    save_checkpoint(saved, best_path)
+    return temperature, abstention, adjustment
+
+
 def final_report(
     cfg: DictConfig,
     model: torch.nn.Module,
@@ -103,7 +133,8 @@ def final_report(
 ) -> dict:
     """Evaluate the selected checkpoint on the test split and log metrics and plots to MLflow.
 
-    The temperature is fitted on the validation split only and stored in the best checkpoint.
+    The logit adjustment, temperature and abstention threshold are fitted on the validation split
+    only and stored in the best checkpoint (:func:`calibrate_on_validation`).
     Bootstrap CIs resample test lesions (skipped when the saved split cannot be matched).
     """
     ck = load_checkpoint(best_path)
@@ -111,11 +142,9 @@ def final_report(
     val_logits, val_labels = predict_logits(model, loaders.val, ctx, desc="val (best)")
     degenerate = warn_if_degenerate(val_logits.argmax(1), list(CLASSES), "selected checkpoint")
     mlflow.set_tag("derm_exp.degenerate_model", str(degenerate).lower())
-    temperature = fit_temperature(val_logits, val_labels)
-    abstention = abstention_fit.fit_abstention(  # validation arrays only: never test labels
-        abstention_fit.abstain_settings(cfg), apply_temperature(val_logits, temperature), val_labels
+    temperature, abstention, adjustment = calibrate_on_validation(
+        cfg, model, ck, best_path, (val_logits, val_labels), loaders.train_labels
     )
-    save_checkpoint({**ck, "temperature": temperature, "abstention": abstention}, best_path)
 
     views = check_views(list(cfg.tta.views))
     test_logits, test_labels = predict_logits(model, loaders.test, ctx, views=views, desc="test")
@@ -149,6 +178,7 @@ def final_report(
             "test": result,
             "test_calibrated": result["calibrated"],
             "temperature": temperature,
+            "logit_adjustment": adjustment,
             "abstention": result["abstention"],
             "tta": {"views": views, "aggregation": cfg.tta.aggregation},
             "selected": ck["best"],

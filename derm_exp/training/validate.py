@@ -18,6 +18,7 @@ from derm_exp.errors import ConfigError
 from derm_exp.evaluation.subgroup_report import subgroup_settings
 from derm_exp.inference.aggregation import VIEW_AGGREGATIONS
 from derm_exp.inference.view_names import SQUARE_ONLY_VIEWS, VIEW_NAMES
+from derm_exp.training.logit_adjustment import adjustment_problems
 
 __all__ = ["AMP_MODES", "ConfigError", "validate_config", "validate_model"]
 
@@ -179,7 +180,7 @@ def _end_of_run_problems(cfg: DictConfig) -> list[str]:
         subgroup_settings(OmegaConf.select(cfg, "evaluation.subgroups", default=None))
     except ConfigError as exc:
         problems.append(f"evaluation.{exc}")
-    return problems
+    return problems + adjustment_problems(cfg)
 
 
 def _number(value: Any) -> bool:
