@@ -1,5 +1,6 @@
-"""The fine-tuning and GPU presets compose, pass the trainer's validation and say what they
-promise; ``experiment=cpu_finetune_1h`` runs end to end on demo data (README's command)."""
+"""The presets compose, pass the trainer's validation and say what they promise;
+``experiment=cpu_finetune_1h`` and ``experiment=cpu_1h`` run end to end on demo data (README's
+commands, shortened)."""
 
 from __future__ import annotations
 
@@ -59,16 +60,15 @@ def lite0_weights(tmp_path_factory) -> Path:
         return path
 
 
-@pytest.mark.slow
-def test_cpu_finetune_1h_runs_on_demo_data(tmp_path: Path, lite0_weights: Path) -> None:
-    args = [
-        "experiment=cpu_finetune_1h",
-        f"model.pretrained_file={lite0_weights}",
-        "trainer.max_epochs=2",  # the head-only epoch, then one epoch of all layers
+def _on_demo_data(tmp_path: Path, *preset: str) -> list[str]:
+    """A preset's README command shortened for a test: 32 px, 120 generated images, no
+    bootstrap, and in ``tmp_path``; registry and gallery off (not what these tests are about:
+    checked on the demo run and the registry tests)."""
+    return [
+        *preset,
         "data.image_size=32",
         "data.num_workers=0",
         "evaluation.n_boot=0",
-        # not what this test is about (checked on the demo run and the registry tests)
         "registry.enabled=false",
         "explain.gallery=false",
         f"data.demo.dir={tmp_path / 'demo'}",
@@ -77,6 +77,16 @@ def test_cpu_finetune_1h_runs_on_demo_data(tmp_path: Path, lite0_weights: Path) 
         f"tracking.artifact_root={tmp_path / 'mlruns'}",
         f"hydra.run.dir={tmp_path / 'out'}",
     ]
+
+
+@pytest.mark.slow
+def test_cpu_finetune_1h_runs_on_demo_data(tmp_path: Path, lite0_weights: Path) -> None:
+    args = _on_demo_data(
+        tmp_path,
+        "experiment=cpu_finetune_1h",
+        f"model.pretrained_file={lite0_weights}",
+        "trainer.max_epochs=2",  # the head-only epoch, then one epoch of all layers
+    )
     proc = run_module("derm_exp.train", *args, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert re.search(r"MLflow run id: [0-9a-f]{32}", proc.stdout)
@@ -87,3 +97,20 @@ def test_cpu_finetune_1h_runs_on_demo_data(tmp_path: Path, lite0_weights: Path) 
         tmp_path / "out" / "checkpoint_best.pt", map_location="cpu", weights_only=True
     )
     assert ckpt["config"]["model"]["name"] in ("tf_efficientnet_lite0", "efficientnet_lite0")
+
+
+@pytest.mark.slow
+def test_cpu_1h_runs_on_demo_data_with_metadata_fusion(tmp_path: Path) -> None:
+    """README's `experiment=cpu_1h` command, shortened to 2 epochs at 32 px: it trains the
+    preset's ResNet-10-T with the patient metadata fused (concat), encoder in the checkpoint."""
+    args = _on_demo_data(tmp_path, "experiment=cpu_1h", "trainer.max_epochs=2")
+    proc = run_module("derm_exp.train", *args, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "patient metadata: " in proc.stdout + proc.stderr
+    ckpt = torch.load(
+        tmp_path / "out" / "checkpoint_best.pt", map_location="cpu", weights_only=True
+    )
+    assert ckpt["config"]["model"]["name"] == "resnet10t"
+    assert ckpt["config"]["model"]["metadata"]["method"] == "concat"
+    assert any(key.startswith("fusion.") for key in ckpt["model"])
+    assert ckpt["metadata_encoding"]
