@@ -123,6 +123,11 @@ def raise_if_stopped() -> None:
         raise _STOPPED[0]()
 
 
+def requested_stop() -> BaseException | None:
+    """The exception of the stop a SIGTERM or Ctrl-C asked for, or None when none came."""
+    return _STOPPED[0]() if _STOPPED else None
+
+
 def env_world_size() -> int:
     """``WORLD_SIZE`` as torchrun sets it (1 when absent)."""
     return int(os.environ.get("WORLD_SIZE", "1"))

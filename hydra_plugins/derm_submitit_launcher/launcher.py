@@ -34,6 +34,21 @@ from hydra_plugins.derm_submitit_launcher import ddp
 log = logging.getLogger(__name__)
 
 
+def with_stop_reason(ret: JobReturn, stop: BaseException | None) -> JobReturn:
+    """A job that failed after a scancel / time-limit SIGTERM fails with that stop as its error.
+
+    The signal handler raises the stop wherever the job is, and Python can wrap it on the way
+    out: raised inside a class body's ``__set_name__`` (an import under way) it surfaces as
+    ``RuntimeError("Error calling __set_name__ ...")``, whose ``__cause__`` does not survive
+    submitit's pickling, so the sweeper would report that instead of "the job was stopped"."""
+    if stop is not None and ret.status == JobStatus.FAILED:
+        error = ret._return_value
+        if not isinstance(error, type(stop)):
+            stop.__cause__ = error if isinstance(error, BaseException) else None
+            ret._return_value = stop
+    return ret
+
+
 def collect(
     jobs: Sequence[Any], job_overrides: Sequence[Sequence[str]], first: int
 ) -> tuple[list[JobReturn], list[str]]:
@@ -100,6 +115,10 @@ class _Tolerant:
             from derm_exp.training import distributed
 
             distributed.install_signal_handlers(scheduler_job=True)
+            ret = super().__call__(  # type: ignore[misc]
+                sweep_overrides, job_dir_key, job_num, job_id, singleton_state
+            )
+            return with_stop_reason(ret, distributed.requested_stop())
         return super().__call__(  # type: ignore[misc]
             sweep_overrides, job_dir_key, job_num, job_id, singleton_state
         )
