@@ -117,7 +117,8 @@ def calibrate_on_validation(
     )
     saved = {**ck, "temperature": temperature, "abstention": abstention}
     if adjustment is not None:
-        saved |= {"model": model.state_dict(), "logit_adjustment": adjustment}
+        weights_now = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        saved |= {"model": weights_now, "logit_adjustment": adjustment}
         log_adjustment(adjustment)
     save_checkpoint(saved, best_path)
     return temperature, abstention, adjustment
