@@ -87,6 +87,8 @@ def training_prior(
     """The class mix the loss saw, shape ``(num_classes,)``, summing to 1: the training split's
     counts ``n_c``, times ``n_c ** -sampler_power`` under the weighted sampler (None: no sampler),
     times the loss's class weights. Classes absent from training get 0."""
+    # Not derm_exp.data.sampling.class_counts: that module imports torch, and this one must stay
+    # torch-free for validate_config (python -m derm_exp.train checks before torch loads).
     counts = np.bincount(np.asarray(train_labels, dtype=np.int64), minlength=num_classes)
     mix = counts.astype(np.float64)
     present = counts > 0
